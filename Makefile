@@ -1,0 +1,31 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make run    replay the shipped routing data through the bandits (the main job)
+#   make test   the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/llmrouter_14tasks.parquet
+
+.PHONY: setup run test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU build from the local wheel; a bare torch requirement would pull CUDA (GBs)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/banditroute replay --data $(DATA)
+
+test: setup
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m benchmarks.policies
+	$(PY) -m benchmarks.embedder

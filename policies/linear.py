@@ -1,0 +1,195 @@
+"""Disjoint ridge regression per model: the learned core of LinUCB and linear Thompson sampling.
+
+Each model m keeps exact sufficient statistics over augmented contexts z = [x, 1]:
+A_m = reg * I + sum z z^T, b_q = sum (quality - prior_quality) z, b_c = sum cost z.
+Quality and cost share A_m (same contexts), so one inverse serves both. The inverse
+and the coefficients are caches updated by Sherman-Morrison, O(d^2) per update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from policies.base import Decision, Policy, PolicyError, check_positive, check_probability
+
+# Sherman-Morrison drifts slowly in float64; an exact re-inverse every this many
+# updates of a model keeps the cache honest at an amortised O(d^3 / 1024).
+_REFRESH_EVERY = 1024
+# With forgetting, A also regains (1 - gamma) * reg * I per update (so it never
+# decays below reg * I); that term is not rank-1, so it enters at the next exact
+# refresh, done this often.
+_REFRESH_EVERY_FORGETTING = 32
+
+
+class LinearPolicy(Policy):
+    """Per-model ridge estimates of quality and cost with their uncertainty.
+
+    Hyper-parameters:
+    reg: ridge strength (> 0), also the weight of the prior in pseudo-observations.
+    prior_quality: quality a model is assumed to have before any feedback, in [0, 1];
+        the default 1.0 is optimistic, so a new model gets tried.
+    gamma: forgetting factor in (0, 1]; each update of a model first multiplies its
+        statistics by gamma, so old feedback fades and the policy follows drift.
+    epsilon: probability floor mass in [0, 1); every candidate keeps >= epsilon / K.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        dim: int,
+        *,
+        reg: float = 1.0,
+        prior_quality: float = 1.0,
+        gamma: float = 1.0,
+        epsilon: float = 0.01,
+        cost_weight: float = 0.0,
+        cost_scale: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.reg = check_positive("reg", reg)
+        self.prior_quality = check_probability("prior_quality", prior_quality)
+        self.gamma = check_positive("gamma", gamma)
+        if self.gamma > 1:
+            raise PolicyError(f"gamma must lie in (0, 1], got {gamma}")
+        self.epsilon = check_probability("epsilon", epsilon, open_upper=True)
+        d = dim + 1
+        self._index: dict[str, int] = {}
+        self._A = np.zeros((0, d, d))
+        self._A_inv = np.zeros((0, d, d))
+        self._bq = np.zeros((0, d))
+        self._bc = np.zeros((0, d))
+        self._theta_q = np.zeros((0, d))
+        self._theta_c = np.zeros((0, d))
+        self._since_refresh = np.zeros(0, dtype=np.int64)
+        super().__init__(models, dim, cost_weight=cost_weight, cost_scale=cost_scale, seed=seed)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **super().params(),
+            "reg": self.reg,
+            "prior_quality": self.prior_quality,
+            "gamma": self.gamma,
+            "epsilon": self.epsilon,
+        }
+
+    # ---- model bookkeeping -----------------------------------------------
+    def _add_model(self, model: str) -> None:
+        d = self.dim + 1
+        eye = np.eye(d)
+        self._index[model] = self._A.shape[0]
+        self._A = np.concatenate([self._A, (self.reg * eye)[None]])
+        self._A_inv = np.concatenate([self._A_inv, (eye / self.reg)[None]])
+        zeros = np.zeros((1, d))
+        self._bq = np.concatenate([self._bq, zeros])
+        self._bc = np.concatenate([self._bc, zeros])
+        self._theta_q = np.concatenate([self._theta_q, zeros])
+        self._theta_c = np.concatenate([self._theta_c, zeros])
+        self._since_refresh = np.append(self._since_refresh, 0)
+
+    def _remove_model(self, model: str) -> None:
+        i = self._index.pop(model)
+        for name in ("_A", "_A_inv", "_bq", "_bc", "_theta_q", "_theta_c", "_since_refresh"):
+            setattr(self, name, np.delete(getattr(self, name), i, axis=0))
+        self._index = {m: j for j, m in enumerate(self._models)}
+
+    # ---- estimates ---------------------------------------------------------
+    def _augment(self, x: np.ndarray) -> np.ndarray:
+        return np.append(x, 1.0)
+
+    def estimates(
+        self, z: np.ndarray, idx: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Expected quality, its standard error (unit noise), expected cost in USD.
+
+        z: augmented context, shape (d + 1,); idx: model rows, shape (K,).
+        Returns three arrays of shape (K,).
+        """
+        mean_q = self.prior_quality + self._theta_q[idx] @ z
+        # width_k = sqrt(z^T A_k^{-1} z), batched as one matrix product
+        Az = self._A_inv[idx] @ z
+        width = np.sqrt(np.maximum(Az @ z, 0.0))
+        cost = np.maximum(self._theta_c[idx] @ z, 0.0)
+        return mean_q, width, cost
+
+    def _choose(self, x: np.ndarray, candidates: list[str], lam: float, text: str | None) -> Decision:
+        z = self._augment(x)
+        idx = np.fromiter((self._index[c] for c in candidates), dtype=np.int64)
+        mean_q, width, cost = self.estimates(z, idx)
+        scale = self._normalised_cost_scale()
+        cost_norm = cost / scale if scale else np.zeros_like(cost)
+        probs, chosen, scores = self._decide(mean_q, width, cost_norm, lam)
+        return Decision(
+            model=candidates[chosen],
+            propensity=float(probs[chosen]),
+            probabilities={c: float(p) for c, p in zip(candidates, probs, strict=True)},
+            expected_quality={
+                c: float(q) for c, q in zip(candidates, np.clip(mean_q, 0, 1), strict=True)
+            },
+            expected_cost={c: float(v) for c, v in zip(candidates, cost, strict=True)},
+            scores={c: float(s) for c, s in zip(candidates, scores, strict=True)},
+        )
+
+    def _decide(
+        self, mean_q: np.ndarray, width: np.ndarray, cost_norm: np.ndarray, lam: float
+    ) -> tuple[np.ndarray, int, np.ndarray]:
+        """Return (probabilities, chosen index, scores); each array shape (K,)."""
+        raise NotImplementedError
+
+    # ---- learning ----------------------------------------------------------
+    def _learn(
+        self,
+        x: np.ndarray,
+        model: str,
+        quality: float,
+        cost: float,
+        propensity: float | None,
+        lam: float,
+    ) -> None:
+        i = self._index[model]
+        z = self._augment(x)
+        g = self.gamma
+        if g < 1.0:
+            # forget: A <- g A + (1 - g) reg I (the I part lands at the next refresh)
+            self._A[i] *= g
+            self._A[i] += (1.0 - g) * self.reg * np.eye(z.shape[0])
+            self._bq[i] *= g
+            self._bc[i] *= g
+            self._A_inv[i] /= g
+        self._A[i] += np.outer(z, z)
+        self._bq[i] += (quality - self.prior_quality) * z
+        self._bc[i] += cost * z
+        # Sherman-Morrison: (A + z z^T)^{-1} = A^{-1} - (A^{-1} z)(A^{-1} z)^T / (1 + z^T A^{-1} z)
+        Az = self._A_inv[i] @ z
+        self._A_inv[i] -= np.outer(Az, Az) / (1.0 + z @ Az)
+        self._since_refresh[i] += 1
+        every = _REFRESH_EVERY if g == 1.0 else _REFRESH_EVERY_FORGETTING
+        if self._since_refresh[i] >= every:
+            self._A_inv[i] = np.linalg.inv(self._A[i])
+            self._since_refresh[i] = 0
+        self._theta_q[i] = self._A_inv[i] @ self._bq[i]
+        self._theta_c[i] = self._A_inv[i] @ self._bc[i]
+
+    # ---- state -------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "A": self._A,
+            "A_inv": self._A_inv,
+            "bq": self._bq,
+            "bc": self._bc,
+            "since_refresh": self._since_refresh,
+            # caches saved too, so a restored policy decides bit-for-bit alike
+            "theta_q": self._theta_q,
+            "theta_c": self._theta_c,
+        }
+
+    def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self._A = np.array(arrays["A"], dtype=np.float64)
+        self._A_inv = np.array(arrays["A_inv"], dtype=np.float64)
+        self._bq = np.array(arrays["bq"], dtype=np.float64)
+        self._bc = np.array(arrays["bc"], dtype=np.float64)
+        self._since_refresh = np.array(arrays["since_refresh"], dtype=np.int64)
+        self._theta_q = np.array(arrays["theta_q"], dtype=np.float64)
+        self._theta_c = np.array(arrays["theta_c"], dtype=np.float64)

@@ -1,0 +1,78 @@
+"""Linear Thompson sampling over per-model ridge posteriors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import log_ndtr
+
+from policies.base import check_positive, epsilon_mix
+from policies.linear import LinearPolicy
+
+# Standardised grid per model for the win-probability integral: +-7 sigma at a step of
+# sigma / 4 keeps the propensity error below 1e-4 (checked against Monte Carlo).
+_GRID = np.linspace(-7.0, 7.0, 57)
+
+
+class LinearThompson(LinearPolicy):
+    """Sample each model's quality from its posterior, choose the best sampled score.
+
+    The posterior of theta_m is N(theta_hat_m, v^2 A_m^{-1}), so for one context the
+    sampled score theta_m^T z is exactly N(theta_hat_m^T z, v^2 z^T A_m^{-1} z): we draw
+    that scalar directly, O(d^2) per model, with no Cholesky factor to keep. The same
+    closed form gives the propensity: P(m wins) = E_{s ~ N_m}[prod_{k != m} Phi_k(s)],
+    computed by quadrature, then mixed with the epsilon floor.
+
+    v: posterior scale (> 0), the exploration knob. See `LinearPolicy` for the rest.
+    """
+
+    name = "thompson"
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        dim: int,
+        *,
+        v: float = 0.3,
+        **kwargs: Any,
+    ) -> None:
+        self.v = check_positive("v", v)
+        super().__init__(models, dim, **kwargs)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "v": self.v}
+
+    def _decide(
+        self, mean_q: np.ndarray, width: np.ndarray, cost_norm: np.ndarray, lam: float
+    ) -> tuple[np.ndarray, int, np.ndarray]:
+        mu = mean_q - lam * cost_norm
+        sigma = np.maximum(self.v * width, 1e-12)
+        probs = epsilon_mix(win_probabilities(mu, sigma), self.epsilon)
+        k = len(mu)
+        # one uniform decides explore-vs-sample so the draw matches `probs` exactly
+        if self._rng.random() < self.epsilon:
+            chosen = int(self._rng.integers(k))
+        else:
+            chosen = int(np.argmax(mu + sigma * self._rng.standard_normal(k)))
+        return probs, chosen, mu
+
+
+def win_probabilities(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """P(argmax_k S_k = m) for independent S_k ~ N(mu_k, sigma_k^2); shapes (K,) -> (K,).
+
+    P(m wins) = integral of pdf_m(s) * prod_{k != m} cdf_k(s) ds, by the trapezoid rule
+    on the union of every model's own grid (mu_k + sigma_k * u), so each density and
+    each cdf step is resolved at its own scale however different the sigmas are.
+    """
+    k = mu.shape[0]
+    if k == 1:
+        return np.ones(1)
+    s = np.sort((mu[:, None] + sigma[:, None] * _GRID[None, :]).ravel())
+    z = (s[:, None] - mu[None, :]) / sigma[None, :]  # shape (S, K)
+    log_cdf = log_ndtr(z)
+    others = np.exp(log_cdf.sum(axis=1, keepdims=True) - log_cdf)  # prod over k != m
+    pdf = np.exp(-0.5 * z * z) / (np.sqrt(2.0 * np.pi) * sigma[None, :])
+    p = np.clip(np.trapezoid(pdf * others, s, axis=0), 0.0, None)
+    return p / p.sum()

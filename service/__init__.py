@@ -1,0 +1,1 @@
+"""The routing service: HTTP API, store, embedder, featurizer, learner."""

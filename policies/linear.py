@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import dger
 
 from policies.base import Decision, Policy, PolicyError, check_positive, check_probability
 
@@ -22,6 +23,13 @@ _REFRESH_EVERY = 1024
 # decays below reg * I); that term is not rank-1, so it enters at the next exact
 # refresh, done this often.
 _REFRESH_EVERY_FORGETTING = 32
+
+
+def _ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
+    """a += alpha * x y^T in place, for a C-contiguous symmetric float64 matrix `a`."""
+    out = dger(alpha, x, y, a=a.T, overwrite_a=True)
+    if not np.shares_memory(out, a):  # BLAS had to copy: write the result back
+        a[...] = out.T
 
 
 class LinearPolicy(Policy):
@@ -107,10 +115,12 @@ class LinearPolicy(Policy):
         z: augmented context, shape (d + 1,); idx: model rows, shape (K,).
         Returns three arrays of shape (K,).
         """
-        mean_q = self.prior_quality + self._theta_q[idx] @ z
-        # width_k = sqrt(z^T A_k^{-1} z), batched as one matrix product
-        Az = self._A_inv[idx] @ z
+        k, d = self._A_inv.shape[:2]
+        # one gemv over the whole stack reads each inverse once; fancy-indexing the
+        # stack first would copy K * d^2 floats per call
+        Az = (self._A_inv.reshape(k * d, d) @ z).reshape(k, d)[idx]
         width = np.sqrt(np.maximum(Az @ z, 0.0))
+        mean_q = self.prior_quality + self._theta_q[idx] @ z
         cost = np.maximum(self._theta_c[idx] @ z, 0.0)
         return mean_q, width, cost
 
@@ -158,12 +168,14 @@ class LinearPolicy(Policy):
             self._bq[i] *= g
             self._bc[i] *= g
             self._A_inv[i] /= g
-        self._A[i] += np.outer(z, z)
+        # A and A^{-1} are symmetric, so the C-ordered buffer read as Fortran order is
+        # the same matrix and BLAS ger updates it in place (no d x d temporaries)
+        _ger(1.0, z, z, self._A[i])
         self._bq[i] += (quality - self.prior_quality) * z
         self._bc[i] += cost * z
         # Sherman-Morrison: (A + z z^T)^{-1} = A^{-1} - (A^{-1} z)(A^{-1} z)^T / (1 + z^T A^{-1} z)
         Az = self._A_inv[i] @ z
-        self._A_inv[i] -= np.outer(Az, Az) / (1.0 + z @ Az)
+        _ger(-1.0 / (1.0 + z @ Az), Az, Az, self._A_inv[i])
         self._since_refresh[i] += 1
         every = _REFRESH_EVERY if g == 1.0 else _REFRESH_EVERY_FORGETTING
         if self._since_refresh[i] >= every:

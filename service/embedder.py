@@ -171,7 +171,10 @@ class Embedder:
     def max_seq_length(self) -> int:
         """Word pieces the model reads (including [CLS]/[SEP]); longer texts are truncated."""
         with self._model_lock:
-            return int(self._load_locked().max_seq_length)
+            length = self._load_locked().max_seq_length
+        if length is None:
+            raise RuntimeError("the loaded model reports no max_seq_length")
+        return int(length)
 
     def num_tokens(self, text: str) -> int:
         """Word pieces of `prepare_text(text)` before truncation, including [CLS]/[SEP]."""

@@ -1,0 +1,1 @@
+"""Replays logged routing outcomes through the same policy objects the service serves."""

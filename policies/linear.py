@@ -124,7 +124,9 @@ class LinearPolicy(Policy):
         cost = np.maximum(self._theta_c[idx] @ z, 0.0)
         return mean_q, width, cost
 
-    def _choose(self, x: np.ndarray, candidates: list[str], lam: float, text: str | None) -> Decision:
+    def _choose(
+        self, x: np.ndarray, candidates: list[str], lam: float, text: str | None
+    ) -> Decision:
         z = self._augment(x)
         idx = np.fromiter((self._index[c] for c in candidates), dtype=np.int64)
         mean_q, width, cost = self.estimates(z, idx)

@@ -40,4 +40,4 @@ class LinUCB(LinearPolicy):
     ) -> tuple[np.ndarray, int, np.ndarray]:
         scores = mean_q + self.alpha * width - lam * cost_norm
         probs = epsilon_mix(argmax_distribution(scores), self.epsilon)
-        return probs, int(self._rng.choice(len(probs), p=probs)), scores
+        return probs, self._sample(probs), scores

@@ -33,10 +33,12 @@ class _StaticPolicy(Policy):
         """Probabilities before the epsilon floor, shape (K,)."""
         raise NotImplementedError
 
-    def _choose(self, x: np.ndarray, candidates: list[str], lam: float, text: str | None) -> Decision:
+    def _choose(
+        self, x: np.ndarray, candidates: list[str], lam: float, text: str | None
+    ) -> Decision:
         base = self._target(candidates, text)
         probs = (1.0 - self.epsilon) * base + self.epsilon / len(candidates)
-        i = self._sample(candidates, probs)
+        i = self._sample(probs)
         return Decision(
             model=candidates[i],
             propensity=float(probs[i]),
@@ -142,7 +144,9 @@ class RuleRouter(_StaticPolicy):
         allowed = {"model", "keywords", "min_chars", "max_chars"}
         extra = set(rule) - allowed
         if extra:
-            raise PolicyError(f"rules[{i}] has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
+            raise PolicyError(
+                f"rules[{i}] has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}"
+            )
         if not isinstance(rule.get("model"), str) or not rule["model"]:
             raise PolicyError(f"rules[{i}].model must be a model name")
         out: dict[str, Any] = {"model": rule["model"]}

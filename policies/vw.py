@@ -29,7 +29,7 @@ _CB_TYPES: dict[str, tuple[str, ...]] = {
     "regcbopt": ("mtr",),
 }
 # Explorations that read --epsilon as their uniform exploration mass; SquareCB and
-# regcb have their own exploration and are left alone.
+# RegCB have their own exploration and are left alone.
 _USES_EPSILON = ("epsilon", "softmax", "cover", "bag")
 # RegCB's confidence bounds need the range of the CB cost -(quality - lambda * cost_norm),
 # which is [-1, 1] while lambda * normalised cost stays within 1 (VW's default is [0, 1]).
@@ -52,7 +52,8 @@ class VowpalPolicy(Policy):
     Hyper-parameters:
     exploration: one of "squarecb", "epsilon", "softmax", "cover", "bag", "regcb"
         (RegCB-elim) or "regcbopt" (optimistic RegCB).
-    epsilon: uniform exploration mass in [0, 1] for epsilon, softmax, cover and bag.
+    epsilon: uniform exploration mass in [0, 1] for epsilon, softmax, cover and bag
+        (cover keeps it fixed; VW decays cover's epsilon only when it is not given).
     gamma_scale: SquareCB's gamma scale (> 0); larger means greedier.
     inverse_temperature: softmax's VW --lambda (> 0); larger means greedier.
     learning_rate: VW's -l (> 0).
@@ -61,6 +62,11 @@ class VowpalPolicy(Policy):
         "a" (action); ("sa",) gives each model a linear model in x and lambda.
     ensemble: number of policies for cover and bag (>= 1).
     extra_args: further VW command-line arguments, e.g. ("-b", "20").
+
+    A restored policy decides exactly as the original on the same inputs. Cover and
+    bag (ensemble >= 2) drift apart from the original once both go on learning: VW
+    does not serialise all of their internal state. The other explorations stay
+    identical through further learning.
     """
 
     name = "vw"
@@ -143,7 +149,8 @@ class VowpalPolicy(Policy):
         }
 
     def _vw_args(self, *, with_seed: bool = True) -> list[str]:
-        args = ["--cb_explore_adf", "--quiet", "--cb_type", self.cb_type, "-l", repr(self.learning_rate)]
+        args = ["--cb_explore_adf", "--quiet", "--cb_type", self.cb_type]
+        args += ["-l", repr(self.learning_rate)]
         if with_seed:
             args += ["--random_seed", str(self.seed)]
         for term in self.interactions:
@@ -190,14 +197,20 @@ class VowpalPolicy(Policy):
             group.push_feature(self._lam_index, lam)
         return self._shared
 
+    # The public Workspace.predict_one / learn_one re-read the workspace's label type
+    # once per example (about 40% of a 29-model predict); ours are always CB examples,
+    # so the bound workspace is called directly.
+    def _vw_predict(self, examples: list[vw.Example]) -> list[tuple[int, float]]:
+        """ActionProbs: [(index into the action examples, probability)], best first."""
+        pred = self._ws._workspace.predict_multi_ex_one([e._example for e in examples])
+        return cast(list[tuple[int, float]], pred)
+
+    def _vw_learn(self, examples: list[vw.Example]) -> None:
+        self._ws._workspace.learn_multi_ex_one([e._example for e in examples])
+
     def _pmf(self, examples: list[vw.Example]) -> np.ndarray:
         """VW's action probabilities in example order, renormalised in float64."""
-        # with --cb_explore_adf the prediction is ActionProbs: [(action index, probability)]
-        # The public Workspace.predict_one/learn_one re-read the workspace's label type
-        # once per example (about 40% of a 29-model predict); ours are always CB
-        # examples, so the bound workspace is called directly.
-        core = [e._example for e in examples]
-        pred = cast(list[tuple[int, float]], self._ws._workspace.predict_multi_ex_one(core))
+        pred = self._vw_predict(examples)
         probs = [0.0] * (len(examples) - 1)
         for i, p in pred:
             probs[i] = p
@@ -212,7 +225,7 @@ class VowpalPolicy(Policy):
     ) -> Decision:
         examples = [self._fill_shared(x, lam), *(self._actions[c] for c in candidates)]
         probs = self._pmf(examples)
-        chosen = self._sample(candidates, probs)
+        chosen = self._sample(probs)
         return Decision(
             model=candidates[chosen],
             propensity=float(probs[chosen]),
@@ -237,7 +250,7 @@ class VowpalPolicy(Policy):
         action = self._actions[model]
         action.set_label(vw.CBLabel(label=(label_cost, propensity)))
         try:
-            self._ws._workspace.learn_multi_ex_one([e._example for e in examples])
+            self._vw_learn(examples)
         finally:
             action.set_label(vw.CBLabel())
 

@@ -49,7 +49,10 @@ def prepare_text(text: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    stripped = text.strip()
+    return question_part(_last_message(text.strip()))
+
+
+def _last_message(stripped: str) -> str:
     if not (stripped.startswith("[") and stripped.endswith("]")):
         return stripped
     try:
@@ -58,8 +61,39 @@ def prepare_text(text: str) -> str:
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return stripped
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value[-1].strip()
+        return str(value[-1]).strip()
     return stripped
+
+
+# A prompt longer than this (about 256 word pieces of English) would be truncated.
+LONG_PROMPT_CHARS = 1000
+# The trailing blocks kept from a long few-shot prompt add up to at least this.
+QUESTION_MIN_CHARS = 80
+
+
+def question_part(text: str) -> str:
+    """The end of a long few-shot prompt that carries its question.
+
+    Few-shot prompts repeat worked examples separated by blank lines and put the
+    question last. Even with left truncation, mean pooling over a window full of
+    shared examples drowns the question (measured: prompts with different final
+    questions at cosine 0.86-0.97), so a long text made of 3 or more blank-line
+    blocks keeps only its trailing blocks, at least QUESTION_MIN_CHARS long.
+    Short texts and long texts without such blocks are returned unchanged.
+    """
+    if len(text) <= LONG_PROMPT_CHARS:
+        return text
+    blocks = [b.strip() for b in text.split("\n\n") if b.strip()]
+    if len(blocks) < 3:
+        return text
+    kept: list[str] = []
+    size = 0
+    for block in reversed(blocks):
+        kept.append(block)
+        size += len(block)
+        if size >= QUESTION_MIN_CHARS:
+            break
+    return "\n\n".join(reversed(kept))
 
 
 def text_from_messages(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -253,4 +287,6 @@ class Embedder:
             "model": self.model_name,
             "embedding_dim": self.dim,
             "truncation_side": self.truncation_side,
+            # bump when prepare_text changes what gets embedded: invalidates caches
+            "prepare": "last-message/question-part/v1",
         }

@@ -67,13 +67,25 @@ def replay(
         kind, params = ("fixed", {"model": best}) if name == "best-fixed" else (name, {})
         for seed in range(seeds):
             policy = make_policy(
-                kind, rd.models, X.shape[1], seed=seed, cost_weight=cost_weight,
-                cost_scale=scale, **params,
+                kind,
+                rd.models,
+                X.shape[1],
+                seed=seed,
+                cost_weight=cost_weight,
+                cost_scale=scale,
+                **params,
             )
             results[name].append(
                 replay_online(
-                    policy, X, rd, seeded_order(len(rd), seed), lam=cost_weight,
-                    cost_scale=scale, name=name, seed=seed, progress=bar.update,
+                    policy,
+                    X,
+                    rd,
+                    seeded_order(len(rd), seed),
+                    lam=cost_weight,
+                    cost_scale=scale,
+                    name=name,
+                    seed=seed,
+                    progress=bar.update,
                 )
             )
     bar.close()
@@ -82,8 +94,14 @@ def replay(
         title=f"online replay of {rd.name}: {len(rd)} prompts, {len(rd.models)} models, "
         f"lambda={cost_weight}, {seeds} seeds (mean ± 95% CI half-width)"
     )
-    for col in ("router", "quality", "USD / 1k queries", "reward", "regret vs oracle",
-                "reward, last third"):
+    for col in (
+        "router",
+        "quality",
+        "USD / 1k queries",
+        "reward",
+        "regret vs oracle",
+        "reward, last third",
+    ):
         table.add_column(col, justify="right")
     for name, runs in results.items():
         third = len(runs[0].reward) // 3

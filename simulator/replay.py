@@ -77,8 +77,12 @@ def replay_online(
         d = policy.choose(contexts[i], cands, lam, text=data.prompts[i])
         k = index[d.model]
         policy.learn(
-            contexts[i], d.model, float(data.quality[i, k]), float(data.cost[i, k]),
-            propensity=d.propensity, cost_weight=lam,
+            contexts[i],
+            d.model,
+            float(data.quality[i, k]),
+            float(data.cost[i, k]),
+            propensity=d.propensity,
+            cost_weight=lam,
         )
         chosen[t] = k
         prop[t] = d.propensity

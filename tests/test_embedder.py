@@ -186,6 +186,7 @@ def test_loads_offline_with_left_truncation(embedder: Embedder) -> None:
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "embedding_dim": 384,
         "truncation_side": "left",
+        "prepare": "last-message/question-part/v1",
     }
 
 
@@ -214,25 +215,21 @@ def test_few_shot_prompts_keep_their_final_question(
     embedder: Embedder, right_embedder: Embedder
 ) -> None:
     # Premise: the shared prefix alone fills the model's window.
-    assert embedder.num_tokens(FEW_SHOT_PREFIX) > embedder.max_seq_length
+    tokenizer = right_embedder._load_locked().tokenizer
+    prefix_tokens = len(tokenizer(FEW_SHOT_PREFIX, truncation=False)["input_ids"])
+    assert prefix_tokens > embedder.max_seq_length
 
-    # Default right truncation drops the final question: all four prompts collapse
-    # onto one vector, so a router could not tell them apart.
-    right = right_embedder.embed(FEW_SHOT_PROMPTS)
-    assert _off_diagonal(right @ right.T).min() > 0.9999
+    # Embedding the raw prompt with the library's right truncation drops the final
+    # question: all four prompts collapse onto one vector.
+    raw = right_embedder._encode(FEW_SHOT_PROMPTS)
+    assert _off_diagonal(raw @ raw.T).min() > 0.9999
 
-    # Left truncation keeps it. The shared tail of the prefix still dominates mean
-    # pooling (measured pairwise cosine 0.86-0.97, the questions alone 0.14-0.38), so
-    # the bound is honest rather than dramatic.
+    # What we embed is the question part: measured pairwise cosine 0.14-0.38, the
+    # same as the final questions alone.
     left = embedder.embed(FEW_SHOT_PROMPTS)
-    sims = _off_diagonal(left @ left.T)
-    assert sims.max() < 0.98
-    assert sims.mean() < 0.95
-
-    # What tells them apart is the final question: each prompt is nearest its own.
+    assert _off_diagonal(left @ left.T).max() < 0.6
     alone = embedder.embed(FINAL_ITEMS)
-    nearest = np.argmax(left @ alone.T, axis=1)
-    np.testing.assert_array_equal(nearest, np.arange(len(FINAL_ITEMS)))
+    np.testing.assert_allclose(np.sum(left * alone, axis=1), 1.0, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.embedder import prepare_text, text_from_messages
+from service.embedder import LONG_PROMPT_CHARS, prepare_text, question_part, text_from_messages
 from service.features import Featurizer
 
 
@@ -233,3 +233,26 @@ def test_text_from_messages_without_user_text_raises(messages: list[dict[str, ob
 def test_text_from_messages_rejects_a_string() -> None:
     with pytest.raises(TypeError, match="messages"):
         text_from_messages("hello")  # type: ignore[arg-type]
+
+
+# --- question_part ----------------------------------------------------------------
+
+
+def test_long_few_shot_prompt_keeps_its_trailing_question() -> None:
+    shot = "Question: an earlier worked example that is long enough to count.\nAnswer: A"
+    question = "Question: which planet is closest to the Sun, and why is it the hottest?\nAnswer:"
+    prompt = "\n\n".join([shot] * 20 + [question])
+    assert len(prompt) > LONG_PROMPT_CHARS
+    assert prepare_text(prompt) == question
+    # a tiny last block brings the one before it along
+    assert prepare_text(prompt + "\n\nA:") == question + "\n\nA:"
+    # and it applies after a RouterBench list literal is unpacked
+    assert prepare_text(repr([prompt])) == question
+
+
+def test_short_or_unstructured_text_is_left_alone() -> None:
+    short = "first part\n\nsecond part\n\nthird part"
+    assert prepare_text(short) == short
+    long_paragraph = "word " * 400
+    assert prepare_text(long_paragraph) == long_paragraph.strip()
+    assert len(question_part("x" * 2000)) == 2000

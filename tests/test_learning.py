@@ -32,8 +32,12 @@ def test_regret_far_below_random(kind: str) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "params"),
-    [("random", {}), ("fixed", {"model": "m0"}), ("fixed", {"model": "m1"}),
-     ("fixed", {"model": "m2"})],
+    [
+        ("random", {}),
+        ("fixed", {"model": "m0"}),
+        ("fixed", {"model": "m1"}),
+        ("fixed", {"model": "m2"}),
+    ],
 )
 def test_baselines_fail_the_regret_bound(kind: str, params: dict[str, Any]) -> None:
     env = regional_bandit(seed=0)
@@ -44,8 +48,10 @@ def test_baselines_fail_the_regret_bound(kind: str, params: dict[str, Any]) -> N
 @pytest.mark.parametrize("kind", [*LEARNING, "random"])
 def test_propensity_matches_empirical_frequency(kind: str) -> None:
     env = regional_bandit(seed=2)
-    p = learner(kind, env) if kind != "random" else make_policy(
-        "random", env.models, env.dim, weights={"m0": 3.0}, seed=1
+    p = (
+        learner(kind, env)
+        if kind != "random"
+        else make_policy("random", env.models, env.dim, weights={"m0": 3.0}, seed=1)
     )
     run(p, env, 300)
     x = env.context()
@@ -103,9 +109,12 @@ def test_new_model_gets_adopted_where_it_is_best(kind: str) -> None:
         p.learn(x, d.model, env.outcome(x, k), float(env.costs[k]), propensity=d.propensity)
     p.add_model(env.models[newcomer])
     run(p, env, 2000)
-    best_new = [x for x in (env.context() for _ in range(4000))
-                if env.mean_quality(x).argmax() == newcomer
-                and np.sort(env.mean_quality(x))[-2] < env.mean_quality(x)[newcomer] - 0.1]
+    best_new = [
+        x
+        for x in (env.context() for _ in range(4000))
+        if env.mean_quality(x).argmax() == newcomer
+        and np.sort(env.mean_quality(x))[-2] < env.mean_quality(x)[newcomer] - 0.1
+    ]
     assert len(best_new) > 50
     share = np.mean([p.choose(x).probabilities[env.models[newcomer]] for x in best_new])
     assert share > 0.6, share

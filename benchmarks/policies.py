@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from policies import make_policy
+from service.runtime import single_threaded_blas
 
 KINDS = ("linucb", "thompson", "vw")
 DIMS = (384, 64)
@@ -41,6 +42,7 @@ def measure(kind: str, dim: int, k: int, calls: int, warmup: int = 200) -> tuple
 
 
 def main() -> None:
+    single_threaded_blas()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()

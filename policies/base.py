@@ -384,6 +384,5 @@ def epsilon_mix(greedy: np.ndarray, epsilon: float) -> np.ndarray:
 
 def argmax_distribution(scores: np.ndarray) -> np.ndarray:
     """Uniform over the maximisers of `scores`, shape (K,)."""
-    top = scores.max()
-    winners = np.isclose(scores, top, rtol=0.0, atol=1e-12)
+    winners = scores >= scores.max() - 1e-12
     return winners / winners.sum()

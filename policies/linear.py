@@ -19,10 +19,24 @@ from policies.base import Decision, Policy, PolicyError, check_positive, check_p
 # Sherman-Morrison drifts slowly in float64; an exact re-inverse every this many
 # updates of a model keeps the cache honest at an amortised O(d^3 / 1024).
 _REFRESH_EVERY = 1024
-# With forgetting, A also regains (1 - gamma) * reg * I per update (so it never
-# decays below reg * I); that term is not rank-1, so it enters at the next exact
-# refresh, done this often.
-_REFRESH_EVERY_FORGETTING = 32
+# Pending contexts are folded into A this many at a time. With forgetting, A also
+# regains (1 - gamma) * reg * I per update (so it never decays below reg * I); that
+# term is not rank-1, so the inverse is refreshed exactly at every fold.
+_BATCH = 32
+_PER_MODEL = (
+    "_A",
+    "_A_inv",
+    "_A_inv32",
+    "_bq",
+    "_bc",
+    "_theta_q",
+    "_theta_c",
+    "_since_refresh",
+    "_Z",
+    "_zw",
+    "_pending",
+    "_decay",
+)
 
 
 def _ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
@@ -67,11 +81,16 @@ class LinearPolicy(Policy):
         self._index: dict[str, int] = {}
         self._A = np.zeros((0, d, d))
         self._A_inv = np.zeros((0, d, d))
+        self._A_inv32 = np.zeros((0, d, d), dtype=np.float32)  # serving copy of A_inv
         self._bq = np.zeros((0, d))
         self._bc = np.zeros((0, d))
         self._theta_q = np.zeros((0, d))
         self._theta_c = np.zeros((0, d))
         self._since_refresh = np.zeros(0, dtype=np.int64)
+        self._Z = np.zeros((0, _BATCH, d))  # pending contexts not yet folded into A
+        self._zw = np.zeros((0, _BATCH))  # their forgetting weights
+        self._pending = np.zeros(0, dtype=np.int64)
+        self._decay = np.zeros(0)  # gamma^n owed by A for the pending batch
         super().__init__(models, dim, cost_weight=cost_weight, cost_scale=cost_scale, seed=seed)
 
     def params(self) -> dict[str, Any]:
@@ -90,16 +109,21 @@ class LinearPolicy(Policy):
         self._index[model] = self._A.shape[0]
         self._A = np.concatenate([self._A, (self.reg * eye)[None]])
         self._A_inv = np.concatenate([self._A_inv, (eye / self.reg)[None]])
+        self._A_inv32 = self._A_inv.astype(np.float32)
         zeros = np.zeros((1, d))
         self._bq = np.concatenate([self._bq, zeros])
         self._bc = np.concatenate([self._bc, zeros])
         self._theta_q = np.concatenate([self._theta_q, zeros])
         self._theta_c = np.concatenate([self._theta_c, zeros])
         self._since_refresh = np.append(self._since_refresh, 0)
+        self._Z = np.concatenate([self._Z, np.zeros((1, _BATCH, d))])
+        self._zw = np.concatenate([self._zw, np.zeros((1, _BATCH))])
+        self._pending = np.append(self._pending, 0)
+        self._decay = np.append(self._decay, 1.0)
 
     def _remove_model(self, model: str) -> None:
         i = self._index.pop(model)
-        for name in ("_A", "_A_inv", "_bq", "_bc", "_theta_q", "_theta_c", "_since_refresh"):
+        for name in _PER_MODEL:
             setattr(self, name, np.delete(getattr(self, name), i, axis=0))
         self._index = {m: j for j, m in enumerate(self._models)}
 
@@ -115,11 +139,13 @@ class LinearPolicy(Policy):
         z: augmented context, shape (d + 1,); idx: model rows, shape (K,).
         Returns three arrays of shape (K,).
         """
-        k, d = self._A_inv.shape[:2]
-        # one gemv over the whole stack reads each inverse once; fancy-indexing the
-        # stack first would copy K * d^2 floats per call
-        Az = (self._A_inv.reshape(k * d, d) @ z).reshape(k, d)[idx]
-        width = np.sqrt(np.maximum(Az @ z, 0.0))
+        k, d = self._A_inv32.shape[:2]
+        # one gemv over the whole stack reads each inverse once (fancy-indexing first
+        # would copy K d^2 floats), in float32: the read is the cost, and an exploration
+        # width needs no more than 7 digits
+        z32 = z.astype(np.float32)
+        Az = (self._A_inv32.reshape(k * d, d) @ z32).reshape(k, d)[idx]
+        width = np.sqrt(np.maximum(Az @ z32, 0.0)).astype(np.float64)
         mean_q = self.prior_quality + self._theta_q[idx] @ z
         cost = np.maximum(self._theta_c[idx] @ z, 0.0)
         return mean_q, width, cost
@@ -163,28 +189,57 @@ class LinearPolicy(Policy):
         i = self._index[model]
         z = self._augment(x)
         g = self.gamma
+        yq = quality - self.prior_quality
         if g < 1.0:
-            # forget: A <- g A + (1 - g) reg I (the I part lands at the next refresh)
-            self._A[i] *= g
-            self._A[i] += (1.0 - g) * self.reg * np.eye(z.shape[0])
+            # forget: scaling A and b by g leaves theta alone and divides A^{-1} by g
             self._bq[i] *= g
             self._bc[i] *= g
             self._A_inv[i] /= g
-        # A and A^{-1} are symmetric, so the C-ordered buffer read as Fortran order is
-        # the same matrix and BLAS ger updates it in place (no d x d temporaries)
-        _ger(1.0, z, z, self._A[i])
-        self._bq[i] += (quality - self.prior_quality) * z
+            self._zw[i, : self._pending[i]] *= g
+            self._decay[i] *= g
+        self._bq[i] += yq * z
         self._bc[i] += cost * z
-        # Sherman-Morrison: (A + z z^T)^{-1} = A^{-1} - (A^{-1} z)(A^{-1} z)^T / (1 + z^T A^{-1} z)
+        # z z^T joins A lazily (folded in by one matrix product per batch), so the
+        # hot path touches one d x d matrix, not two
+        self._Z[i, self._pending[i]] = z
+        self._zw[i, self._pending[i]] = 1.0
+        self._pending[i] += 1
+        # Sherman-Morrison as recursive least squares, with k = A^{-1} z / (1 + z^T A^{-1} z):
+        # A^{-1} <- A^{-1} - k (A^{-1} z)^T ;  theta <- theta + k (y - z^T theta)
         Az = self._A_inv[i] @ z
-        _ger(-1.0 / (1.0 + z @ Az), Az, Az, self._A_inv[i])
+        k = Az / (1.0 + z @ Az)
+        _ger(-1.0, k, Az, self._A_inv[i])
+        self._A_inv32[i] = self._A_inv[i]
+        self._theta_q[i] += k * (yq - z @ self._theta_q[i])
+        self._theta_c[i] += k * (cost - z @ self._theta_c[i])
         self._since_refresh[i] += 1
-        every = _REFRESH_EVERY if g == 1.0 else _REFRESH_EVERY_FORGETTING
+        if self._pending[i] == _BATCH:
+            self._fold(i)
+        every = _REFRESH_EVERY if g == 1.0 else _BATCH
         if self._since_refresh[i] >= every:
-            self._A_inv[i] = np.linalg.inv(self._A[i])
-            self._since_refresh[i] = 0
+            self._refresh(i)
+
+    def _fold(self, i: int) -> None:
+        """A <- decay A + (1 - decay) reg I + sum_j w_j z_j z_j^T over the pending batch."""
+        n = self._pending[i]
+        Z = self._Z[i, :n]
+        w = self._zw[i, :n]
+        decay = self._decay[i]
+        if decay != 1.0:
+            self._A[i] *= decay
+            self._A[i] += (1.0 - decay) * self.reg * np.eye(Z.shape[1])
+        self._A[i] += (Z * w[:, None]).T @ Z
+        self._pending[i] = 0
+        self._decay[i] = 1.0
+
+    def _refresh(self, i: int) -> None:
+        """Recompute the caches exactly from the sufficient statistics."""
+        self._fold(i)
+        self._A_inv[i] = np.linalg.inv(self._A[i])
+        self._A_inv32[i] = self._A_inv[i]
         self._theta_q[i] = self._A_inv[i] @ self._bq[i]
         self._theta_c[i] = self._A_inv[i] @ self._bc[i]
+        self._since_refresh[i] = 0
 
     # ---- state -------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
@@ -194,6 +249,10 @@ class LinearPolicy(Policy):
             "bq": self._bq,
             "bc": self._bc,
             "since_refresh": self._since_refresh,
+            "Z": self._Z,
+            "zw": self._zw,
+            "pending": self._pending,
+            "decay": self._decay,
             # caches saved too, so a restored policy decides bit-for-bit alike
             "theta_q": self._theta_q,
             "theta_c": self._theta_c,
@@ -202,8 +261,13 @@ class LinearPolicy(Policy):
     def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         self._A = np.array(arrays["A"], dtype=np.float64)
         self._A_inv = np.array(arrays["A_inv"], dtype=np.float64)
+        self._A_inv32 = self._A_inv.astype(np.float32)
         self._bq = np.array(arrays["bq"], dtype=np.float64)
         self._bc = np.array(arrays["bc"], dtype=np.float64)
         self._since_refresh = np.array(arrays["since_refresh"], dtype=np.int64)
+        self._Z = np.array(arrays["Z"], dtype=np.float64)
+        self._zw = np.array(arrays["zw"], dtype=np.float64)
+        self._pending = np.array(arrays["pending"], dtype=np.int64)
+        self._decay = np.array(arrays["decay"], dtype=np.float64)
         self._theta_q = np.array(arrays["theta_q"], dtype=np.float64)
         self._theta_c = np.array(arrays["theta_c"], dtype=np.float64)

@@ -152,7 +152,10 @@ class Embedder:
 
     cache_size: how many prepared texts to keep (0 disables the cache).
     device: torch device for the model ("cpu" by default, for reproducible vectors).
-    batch_size: texts per forward pass when many cache misses arrive at once.
+    batch_size: texts per forward pass when many cache misses arrive at once. Texts
+        are sorted by length first, so a small batch bounds the padding a long prompt
+        forces on its neighbours (measured on llmrouter prompts, 32 at a time: 83 ms
+        per query with forward passes of 32, 28 ms with passes of 8).
     truncation_side: "left" keeps the end of long texts (see module docstring);
     "right" is the library default and exists for comparison.
     """
@@ -165,7 +168,7 @@ class Embedder:
         *,
         cache_size: int = 10_000,
         device: str = "cpu",
-        batch_size: int = 32,
+        batch_size: int = 8,
         truncation_side: TruncationSide = "left",
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.cli import app
+from service.runtime import single_threaded_blas
 from simulator.stats import mean_ci
 
 DEFAULT_POLICIES = "linucb,thompson,vw,random,best-fixed"
@@ -18,7 +19,10 @@ DEFAULT_POLICIES = "linucb,thompson,vw,random,best-fixed"
 
 @app.command()
 def replay(
-    data: Annotated[Path, typer.Option(help="RouterBench-format table (.parquet/.pkl/.csv)")],
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="RouterBench table (.parquet/.pkl/.csv)"),
+    ],
     policies: Annotated[
         str, typer.Option(help="comma-separated: linucb, thompson, vw, random, best-fixed")
     ] = DEFAULT_POLICIES,
@@ -117,6 +121,7 @@ def replay(
 
 
 def main() -> None:
+    single_threaded_blas()
     app()
 
 

@@ -57,4 +57,5 @@ def test_replay_on_a_slice_of_shared_data(tmp_path: Path) -> None:
 
 def test_replay_rejects_a_missing_file(tmp_path: Path) -> None:
     res = runner.invoke(app, ["replay", "--data", str(tmp_path / "nope.parquet")])
-    assert res.exit_code != 0
+    assert res.exit_code == 2
+    assert "does not exist" in res.output

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
 app = typer.Typer(
@@ -16,3 +21,144 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Online LLM routing with contextual bandits: route, learn from feedback, measure."""
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML config file"),
+]
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the HTTP service (uvicorn). Without a Redis URL it runs on the in-process
+    store, with its learner in the same process (one worker only)."""
+    import uvicorn
+
+    from service.asgi import CONFIG_ENV
+    from service.settings import load_settings
+
+    settings = load_settings(config)
+    if workers > 1 and not settings.redis_url:
+        raise typer.BadParameter(
+            "several workers need a shared store: set redis_url (or BANDITROUTE_REDIS_URL)",
+            param_hint="--workers",
+        )
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    uvicorn.run(
+        "service.asgi:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def learner(config: ConfigOpt = None) -> None:
+    """Run the learners of every configured policy as a standalone process (it
+    competes for each policy's lease, so running it beside the service is safe)."""
+    import asyncio
+    import signal
+
+    from service.runtime import single_threaded_blas
+    from service.settings import load_settings
+
+    settings = load_settings(config)
+    if not settings.redis_url:
+        raise typer.BadParameter(
+            "a standalone learner needs the shared store: set redis_url", param_hint="--config"
+        )
+    single_threaded_blas()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(_run_learners(settings, signal))
+
+
+async def _run_learners(settings: Any, signal: Any) -> None:
+    import asyncio
+
+    from service.embedder import Embedder
+    from service.features import Featurizer
+    from service.learner import Learner
+    from service.serving import build_policy
+    from service.store import open_store
+
+    store = await open_store(settings.redis_url, settings.state_dir, prefix=settings.key_prefix)
+    dim = Featurizer(Embedder(), projection_dim=settings.projection_dim).dim
+    catalogue = list((await store.get_models()).keys()) or [m.name for m in settings.models]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def refresh() -> None:
+        while not stop.is_set():
+            try:
+                found = await store.get_models()
+                if found:
+                    catalogue[:] = list(found)
+            except Exception:  # noqa: BLE001 - an outage is the learner's to report
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    learners = [
+        Learner(
+            store,
+            name,
+            lambda n=name, c=cfg: build_policy(n, c, list(catalogue), dim),
+            every_n=settings.snapshot_every_n,
+            every_ms=settings.snapshot_every_ms,
+            lease_ttl_ms=settings.lease_ttl_ms,
+            default_reward=settings.default_reward,
+            models=lambda: list(catalogue),
+        )
+        for name, cfg in settings.policies.items()
+    ]
+    await asyncio.gather(refresh(), *(lr.run(stop) for lr in learners))
+    await store.close()
+
+
+@app.command()
+def models(config: ConfigOpt = None) -> None:
+    """List the model catalogue with prices (from the store, else the config)."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.settings import load_settings
+    from service.store import open_store
+    from service.store.base import ModelPrice, StoreUnavailable
+
+    settings = load_settings(config)
+
+    async def fetch() -> dict[str, ModelPrice]:
+        found: dict[str, ModelPrice] = {}
+        if settings.redis_url:
+            store = await open_store(settings.redis_url, None, prefix=settings.key_prefix)
+            try:
+                found = await store.get_models()
+            except StoreUnavailable:
+                pass
+            await store.close()
+        return found or {
+            m.name: ModelPrice(m.name, m.input_per_m, m.output_per_m) for m in settings.models
+        }
+
+    table = Table(title="model catalogue (USD per 1M tokens)")
+    for col in ("model", "input", "output"):
+        table.add_column(col, justify="right")
+    for m in asyncio.run(fetch()).values():
+        table.add_row(m.name, f"{m.input_per_m:g}", f"{m.output_per_m:g}")
+    Console().print(table)

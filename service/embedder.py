@@ -257,6 +257,18 @@ class Embedder:
                 self._cache.popitem(last=False)
         return out
 
+    def lookup(self, text: str) -> np.ndarray | None:
+        """The cached embedding of `text`, shape (384,), or None on a miss (never runs
+        the model): lets a server answer cache hits without queueing for a batch."""
+        key = prepare_text(text)
+        with self._cache_lock:
+            vec = self._cache.get(key)
+            if vec is None:
+                return None
+            self._cache.move_to_end(key)
+            self._hits += 1
+            return vec.copy()
+
     def embed_one(self, text: str) -> np.ndarray:
         """Unit-length embedding of one text: shape (384,), float32."""
         return self.embed([text])[0]

@@ -1,0 +1,239 @@
+"""The FastAPI app, assembled in `create_app(settings)`; nothing connects or loads at
+import time. The lifespan opens the store, loads the embedding model, restores each
+policy from its newest snapshot, and starts the learners and background refreshers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from policies import PolicyError, load_policy
+from service.batcher import FeatureBatcher
+from service.embedder import Embedder
+from service.features import Featurizer
+from service.learner import Learner
+from service.metrics import Metrics
+from service.routes import feedback, health, models, policies, route
+from service.runtime import single_threaded_blas
+from service.runtime_state import Runtime
+from service.serving import ServingPolicy, build_policy, check_dim
+from service.settings import Settings
+from service.store import open_store
+from service.store.base import ModelPrice, Store, StoreUnavailable
+
+log = logging.getLogger("banditroute.app")
+
+
+def create_app(
+    settings: Settings, *, embedder: Embedder | None = None, store: Store | None = None
+) -> FastAPI:
+    """Build the app. `embedder` / `store` may be injected (tests share one loaded
+    model across apps); otherwise they are built from `settings` in the lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        single_threaded_blas()
+        rt = await _start(settings, embedder, store)
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            await _shutdown(rt, close_store=store is None)
+
+    app = FastAPI(
+        title="banditroute",
+        version="0.1.0",
+        description="Online LLM routing with contextual bandits.",
+        lifespan=lifespan,
+    )
+    for r in (route.router, feedback.router, models.router, policies.router, health.router):
+        app.include_router(r)
+    _install_handlers(app, settings)
+    return app
+
+
+async def _start(settings: Settings, embedder: Embedder | None, store: Store | None) -> Runtime:
+    st = store or await open_store(
+        settings.redis_url, settings.state_dir, prefix=settings.key_prefix
+    )
+    emb = embedder or Embedder(cache_size=settings.embed_cache_size)
+    if not emb.loaded:
+        await asyncio.to_thread(emb.load)
+    featurizer = Featurizer(emb, projection_dim=settings.projection_dim)
+    batcher = FeatureBatcher(
+        emb,
+        featurizer,
+        max_batch=settings.embed_batch_max,
+        max_wait_ms=settings.embed_batch_wait_ms,
+    )
+    catalogue = await _catalogue(settings, st)
+    if not catalogue:
+        raise RuntimeError("models: the catalogue is empty; configure at least one model")
+    serving: dict[str, ServingPolicy] = {}
+    for name, cfg in settings.policies.items():
+        serving[name] = await _restore(
+            name,
+            st,
+            lambda n=name, c=cfg: build_policy(n, c, list(catalogue), featurizer.dim),
+            featurizer.dim,
+        )
+        serving[name].sync_models(list(catalogue))
+    rt = Runtime(
+        settings=settings,
+        store=st,
+        batcher=batcher,
+        metrics=Metrics(),
+        policies=serving,
+        catalogue=catalogue,
+    )
+    batcher.start()
+    if settings.run_learner:
+        for name, cfg in settings.policies.items():
+            learner = Learner(
+                st,
+                name,
+                lambda n=name, c=cfg: build_policy(n, c, rt.model_names(), featurizer.dim),
+                every_n=settings.snapshot_every_n,
+                every_ms=settings.snapshot_every_ms,
+                lease_ttl_ms=settings.lease_ttl_ms,
+                default_reward=settings.default_reward,
+                models=rt.model_names,
+            )
+            rt.learners.append(learner)
+            rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
+    rt.tasks.append(asyncio.create_task(_refresh(rt), name="refresh"))
+    return rt
+
+
+async def _catalogue(settings: Settings, st: Store) -> dict[str, ModelPrice]:
+    configured = {
+        m.name: ModelPrice(m.name, m.input_per_m, m.output_per_m) for m in settings.models
+    }
+    try:
+        stored = await st.get_models()
+        for name, price in configured.items():
+            if name not in stored:  # the config seeds the catalogue; the API owns it after
+                await st.put_model(price)
+                stored[name] = price
+        return dict(stored)
+    except StoreUnavailable:
+        log.warning("store unreachable at start-up: serving the configured catalogue")
+        return configured
+
+
+async def _restore(name: str, st: Store, fresh: Any, dim: int) -> ServingPolicy:
+    try:
+        snap = await st.load_snapshot(name)
+    except StoreUnavailable:
+        snap = None
+    if snap is None:
+        return ServingPolicy(name, fresh(), 0)
+    policy = await asyncio.to_thread(load_policy, snap.state)
+    check_dim(name, policy, dim)
+    return ServingPolicy(name, policy, snap.version)
+
+
+async def _refresh(rt: Runtime) -> None:
+    """Keep the catalogue and the served snapshots current even without traffic."""
+    period = rt.settings.reload_poll_ms / 1000
+    last_catalogue = 0.0
+    while not rt.stop.is_set():
+        try:
+            now = time.monotonic()
+            if now - last_catalogue >= 1.0:
+                last_catalogue = now
+                stored = await rt.store.get_models()
+                if stored and stored.keys() != rt.catalogue.keys():
+                    rt.catalogue = dict(stored)
+                    for serving in rt.policies.values():
+                        serving.sync_models(rt.model_names())
+            for name, serving in rt.policies.items():
+                seen = await rt.store.snapshot_version(name)
+                serving.notice_version(rt.store, seen, rt.model_names())
+            rt.store_ok = True
+        except StoreUnavailable:
+            rt.store_ok = False
+        except PolicyError as exc:  # never let a bad model change kill the refresher
+            log.error("refresh: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stop.wait(), timeout=period)
+
+
+async def _shutdown(rt: Runtime, *, close_store: bool) -> None:
+    rt.stop.set()
+    for t in rt.tasks:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(t, timeout=10)
+    await rt.batcher.stop()
+    if close_store:
+        await rt.store.close()
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def _install_handlers(app: FastAPI, settings: Settings) -> None:
+    body_limit = settings.max_query_chars * 4 + 65536
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > body_limit:
+            return JSONResponse(
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                content={"detail": f"body: {length} bytes exceeds the limit of {body_limit}"},
+            )
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        rt: Runtime | None = getattr(request.app.state, "runtime", None)
+        if rt is not None:
+            path = request.scope.get("route").path if request.scope.get("route") else "other"
+            rt.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+            rt.metrics.requests.labels(path, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(
+                status_code=status.HTTP_400_BAD_REQUEST,
+                content={"detail": "body: malformed JSON"},
+            )
+        messages = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors]
+        return JSONResponse(
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            content={
+                "detail": "; ".join(messages),
+                "errors": [
+                    {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg")}
+                    for e in errors
+                ],
+            },
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": "the store is unreachable; retry later"},
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            content={"detail": "internal error; it has been logged"},
+        )

@@ -1,0 +1,64 @@
+"""FastAPI dependencies as Annotated aliases: the runtime and API-key checks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.runtime_state import Runtime
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _matches(token: str, keys: list[str]) -> bool:
+    # constant-time comparison, and every key is compared, so timing says nothing
+    found = False
+    for k in keys:
+        found |= hmac.compare_digest(token.encode(), k.encode())
+    return found
+
+
+def _role(runtime: Runtime, creds: HTTPAuthorizationCredentials | None) -> str | None:
+    s = runtime.settings
+    if not s.auth_enabled:
+        return "admin"
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if s.admin_key is not None and _matches(creds.credentials, [s.admin_key.get_secret_value()]):
+        return "admin"
+    if _matches(creds.credentials, [k.get_secret_value() for k in s.client_keys]):
+        return "client"
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def require_client(runtime: RuntimeDep, creds: Credentials) -> str | None:
+    return _role(runtime, creds)
+
+
+def require_admin(runtime: RuntimeDep, creds: Credentials) -> str | None:
+    role = _role(runtime, creds)
+    if role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin key")
+    return role
+
+
+ClientAuth = Annotated[str | None, Depends(require_client)]
+AdminAuth = Annotated[str | None, Depends(require_admin)]

@@ -1,0 +1,210 @@
+"""The learner: the single writer of a policy.
+
+It holds the policy's lease, reads the feedback stream in order, applies each event
+once, and publishes a snapshot every N events or T milliseconds. A snapshot records
+the last stream entry it contains, so a learner that dies resumes from there: no
+update is lost (the stream keeps what the snapshot lacks) and none is applied twice
+(what the snapshot has is never read again). Publishing is fenced by the lease, so a
+learner that lost its lease (paused, partitioned) cannot overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from policies import Policy, PolicyError, load_policy
+from service.store.base import FeedbackEvent, Snapshot, Store, StoreUnavailable
+
+log = logging.getLogger("banditroute.learner")
+
+READ_BATCH = 500
+
+
+def learner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class LearnerStats:
+    applied: int = 0
+    rejected: int = 0
+    published: int = 0
+    last_id: str = "0-0"
+    version: int = 0
+    holds_lease: bool = False
+    last_publish: float = 0.0
+
+
+class Learner:
+    """Learns one named policy from its feedback stream.
+
+    fresh: builds the cold-start policy when no snapshot exists.
+    models: returns the current catalogue (model names), so registered models join
+    the policy and deleted ones leave it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        fresh: Callable[[], Policy],
+        *,
+        every_n: int = 200,
+        every_ms: int = 1000,
+        lease_ttl_ms: int = 5000,
+        default_reward: float | None = None,
+        models: Callable[[], list[str]] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.fresh = fresh
+        self.every_n = every_n
+        self.every_ms = every_ms
+        self.lease_ttl_ms = lease_ttl_ms
+        self.default_reward = default_reward
+        self.models = models
+        self.owner = owner or learner_id()
+        self.stats = LearnerStats()
+        self._policy: Policy | None = None
+        self._dirty = 0
+        self._last_sweep = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Learn until `stop` is set; survives store outages by waiting them out."""
+        while not stop.is_set():
+            try:
+                await self.step()
+            except StoreUnavailable as exc:
+                log.warning("learner %s: store unavailable (%s); retrying", self.name, exc)
+                self._drop()
+                await _sleep_or_stop(stop, 1.0)
+            if not self.stats.holds_lease:
+                await _sleep_or_stop(stop, self.lease_ttl_ms / 3000)
+        if self.stats.holds_lease:
+            try:
+                await self._publish()
+                await self.store.release_lease(self.name, self.owner)
+            except StoreUnavailable:
+                pass
+
+    async def step(self) -> None:
+        """One round: keep the lease, read and apply a batch, sweep, maybe publish."""
+        holds = await self.store.acquire_lease(self.name, self.owner, self.lease_ttl_ms)
+        if not holds:
+            self._drop()
+            return
+        if not self.stats.holds_lease or self._policy is None:
+            await self._take_over()
+        assert self._policy is not None
+        self._sync_models()
+        block = min(self.every_ms, self.lease_ttl_ms // 3, 200)
+        batch = await self.store.read_feedback(
+            self.name, self.stats.last_id, READ_BATCH, block_ms=block
+        )
+        if batch:
+            await asyncio.to_thread(self._apply, batch)
+        now = time.time()
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
+            await self.store.expire_due(self.name, now, self.default_reward)
+        due = (now - self.stats.last_publish) * 1000 >= self.every_ms
+        if self._dirty >= self.every_n or (self._dirty and due):
+            await self._publish()
+
+    def _apply(self, batch: list[tuple[str, FeedbackEvent]]) -> None:
+        policy = self._policy
+        assert policy is not None
+        for entry_id, ev in batch:
+            try:
+                policy.learn(
+                    ev.context,
+                    ev.model,
+                    ev.quality,
+                    ev.cost_usd,
+                    propensity=ev.propensity,
+                    cost_weight=ev.cost_weight,
+                )
+                self.stats.applied += 1
+            except PolicyError as exc:
+                # e.g. the model was deleted meanwhile: skip the event, never stall
+                self.stats.rejected += 1
+                log.warning("learner %s: event %s skipped: %s", self.name, ev.event_id, exc)
+            self.stats.last_id = entry_id
+            self._dirty += 1
+
+    async def _take_over(self) -> None:
+        snap = await self.store.load_snapshot(self.name)
+        if snap is None:
+            self._policy = self.fresh()
+            self.stats.last_id, self.stats.version, applied = "0-0", 0, 0
+        else:
+            self._policy = await asyncio.to_thread(load_policy, snap.state)
+            self.stats.last_id, self.stats.version, applied = (
+                snap.last_id,
+                snap.version,
+                snap.applied,
+            )
+        self.stats.applied = applied
+        self.stats.holds_lease = True
+        self.stats.last_publish = time.time()
+        self._dirty = 0 if snap is not None else 1  # publish a cold start at once
+        log.info(
+            "learner %s: took lease as %s at %s (v%d)",
+            self.name,
+            self.owner,
+            self.stats.last_id,
+            self.stats.version,
+        )
+
+    def _sync_models(self) -> None:
+        if self.models is None or self._policy is None:
+            return
+        catalogue = self.models()
+        known = set(self._policy.models)
+        for m in catalogue:
+            if m not in known:
+                self._policy.add_model(m)
+                self._dirty += 1
+        for m in known - set(catalogue):
+            self._policy.remove_model(m)
+            self._dirty += 1
+
+    async def _publish(self) -> None:
+        if self._policy is None or not self._dirty:
+            return
+        state = await asyncio.to_thread(self._policy.to_bytes)
+        snap = Snapshot(
+            state=state,
+            version=self.stats.version + 1,
+            last_id=self.stats.last_id,
+            applied=self.stats.applied,
+            published_at=time.time(),
+        )
+        if await self.store.publish_snapshot(self.name, snap, self.owner):
+            self.stats.version = snap.version
+            self.stats.published += 1
+            self.stats.last_publish = snap.published_at
+            self._dirty = 0
+        else:  # lost the lease: whatever we applied since is someone else's to redo
+            log.warning("learner %s: lease lost before publishing; dropping state", self.name)
+            self._drop()
+
+    def _drop(self) -> None:
+        self.stats.holds_lease = False
+        self._policy = None
+        self._dirty = 0
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one app instance (its own registry, so tests stay independent)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "banditroute_requests_total",
+            "HTTP requests",
+            ["path", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "banditroute_request_seconds",
+            "HTTP request latency",
+            ["path"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "banditroute_decisions_total",
+            "Routing decisions",
+            ["policy", "model", "degraded"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "banditroute_feedback_total",
+            "Feedback by outcome",
+            ["policy", "outcome"],
+            registry=self.registry,
+        )
+        self.learner_lag = Gauge(
+            "banditroute_learner_lag_seconds",
+            "Age of the published snapshot while feedback waits",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.feedback_waiting = Gauge(
+            "banditroute_feedback_waiting",
+            "Feedback events not yet in a snapshot",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.policy_version = Gauge(
+            "banditroute_policy_version",
+            "Snapshot version this worker serves",
+            ["policy"],
+            registry=self.registry,
+        )

@@ -1,0 +1,78 @@
+"""POST /v1/feedback: the outcome of a routed call, taken at most once per decision."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse
+
+from service.deps import ClientAuth, RuntimeDep
+from service.schemas import FeedbackRequest, FeedbackResponse
+from service.store.base import FeedbackEvent, FeedbackOutcome, StoreUnavailable
+
+router = APIRouter(prefix="/v1", tags=["routing"])
+
+RETRY_AFTER_S = "1"
+
+
+def _unavailable() -> JSONResponse:
+    return JSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        content={"detail": "the store is unreachable; feedback was not recorded, retry later"},
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+@router.post(
+    "/feedback",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=FeedbackResponse,
+    responses={404: {}, 409: {}, 503: {}},
+)
+async def feedback(
+    req: FeedbackRequest, rt: RuntimeDep, _auth: ClientAuth
+) -> FeedbackResponse | JSONResponse:
+    policy, sep, _ = req.event_id.partition(".")
+    if not sep or policy not in rt.policies:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"event_id: unknown event {req.event_id!r}")
+    now = time.time()
+    try:
+        rec = await rt.store.get_decision(policy, req.event_id, now)
+    except StoreUnavailable:
+        return _unavailable()
+    if rec is None:
+        rt.metrics.feedback.labels(policy, "unknown").inc()
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {req.event_id!r}"
+        )
+    if req.cost_usd is not None:
+        cost = req.cost_usd
+    else:
+        price = rt.catalogue.get(rec.model)
+        if price is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"cost_usd: model {rec.model!r} has no price in the catalogue; give cost_usd",
+            )
+        assert req.prompt_tokens is not None and req.completion_tokens is not None
+        cost = price.cost(req.prompt_tokens, req.completion_tokens)
+    quality = req.quality_value()
+    event = FeedbackEvent.join(rec, quality=quality, cost_usd=cost, source=req.source, now=now)
+    try:
+        outcome = await rt.store.submit_feedback(policy, req.event_id, event, now)
+    except StoreUnavailable:
+        return _unavailable()
+    rt.metrics.feedback.labels(policy, outcome.value).inc()
+    if outcome is FeedbackOutcome.DUPLICATE:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"event_id: feedback for {req.event_id!r} was already recorded; it counts once",
+        )
+    if outcome is FeedbackOutcome.UNKNOWN:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {req.event_id!r}"
+        )
+    return FeedbackResponse(
+        event_id=req.event_id, status="accepted", quality=quality, cost_usd=cost
+    )

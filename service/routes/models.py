@@ -1,0 +1,58 @@
+"""The model catalogue: list, register (with prices), delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Response, status
+
+from service.deps import AdminAuth, ClientAuth, RuntimeDep
+from service.schemas import ModelIn, ModelOut
+from service.store.base import ModelPrice, StoreUnavailable
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _out(m: ModelPrice) -> ModelOut:
+    return ModelOut(name=m.name, input_per_m=m.input_per_m, output_per_m=m.output_per_m)
+
+
+def _unavailable() -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the store is unreachable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+@router.get("", response_model=list[ModelOut])
+async def list_models(rt: RuntimeDep, _auth: ClientAuth) -> list[ModelOut]:
+    return [_out(m) for m in rt.catalogue.values()]
+
+
+@router.post("", response_model=ModelOut, status_code=status.HTTP_201_CREATED)
+async def register_model(body: ModelIn, rt: RuntimeDep, _auth: AdminAuth) -> ModelOut:
+    """Register (or re-price) a model; it joins every policy with a cold-start prior."""
+    price = ModelPrice(body.name, body.input_per_m, body.output_per_m)
+    try:
+        await rt.store.put_model(price)
+    except StoreUnavailable as exc:
+        raise _unavailable() from exc
+    rt.catalogue[price.name] = price
+    for serving in rt.policies.values():
+        serving.sync_models(rt.model_names())
+    return _out(price)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_model(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Response:
+    if name not in rt.catalogue:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"name: unknown model {name!r}")
+    if len(rt.catalogue) == 1:
+        raise HTTPException(status.HTTP_409_CONFLICT, "name: cannot delete the last model")
+    try:
+        await rt.store.delete_model(name)
+    except StoreUnavailable as exc:
+        raise _unavailable() from exc
+    del rt.catalogue[name]
+    for serving in rt.policies.values():
+        serving.sync_models(rt.model_names())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,58 @@
+"""GET /v1/policies/{name}: what a policy has learned and how far its learner lags."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException, status
+
+from service.deps import ClientAuth, RuntimeDep
+from service.schemas import ModelStatsOut, PolicyStatus
+from service.store.base import StoreUnavailable
+
+router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+
+@router.get("/{name}", response_model=PolicyStatus)
+async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyStatus:
+    serving = rt.policies.get(name)
+    if serving is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"name: unknown policy {name!r}")
+    try:
+        snap = await rt.store.load_snapshot(name)
+        total = await rt.store.feedback_total(name)
+    except StoreUnavailable as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the store is unreachable; retry later",
+            headers={"Retry-After": "1"},
+        ) from exc
+    applied = snap.applied if snap else 0
+    waiting = max(0, total - applied)
+    lag = None
+    if snap is not None:
+        lag = max(0.0, time.time() - snap.published_at) if waiting else 0.0
+    rt.metrics.feedback_waiting.labels(name).set(waiting)
+    if lag is not None:
+        rt.metrics.learner_lag.labels(name).set(lag)
+    if snap is not None and snap.version > serving.version:
+        serving.notice_version(rt.store, snap.version, rt.model_names())
+    models = {}
+    for m, st in serving.policy.stats().items():
+        n = st.pulls
+        models[m] = ModelStatsOut(
+            pulls=n,
+            mean_quality=st.quality_sum / n if n else None,
+            mean_cost_usd=st.cost_sum / n if n else None,
+            mean_reward=st.reward_sum / n if n else None,
+        )
+    return PolicyStatus(
+        name=name,
+        kind=serving.policy.name,
+        version=snap.version if snap else 0,
+        updates_applied=applied,
+        feedback_total=total,
+        feedback_waiting=waiting,
+        learner_lag_s=lag,
+        models=models,
+    )

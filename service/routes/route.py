@@ -1,0 +1,125 @@
+"""POST /v1/route: choose a model for a query."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, HTTPException, status
+
+from policies import PolicyError
+from service.deps import ClientAuth, RuntimeDep
+from service.embedder import text_from_messages
+from service.schemas import CandidateExplanation, RouteRequest, RouteResponse
+from service.store.base import DecisionRecord, StoreUnavailable
+
+router = APIRouter(prefix="/v1", tags=["routing"])
+
+
+def _query_text(req: RouteRequest) -> str:
+    if req.query is not None:
+        return req.query
+    assert req.messages is not None
+    try:
+        return text_from_messages([m.model_dump() for m in req.messages])
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+@router.post("/route", response_model=RouteResponse, response_model_exclude_none=True)
+async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteResponse:
+    s = rt.settings
+    text = _query_text(req)
+    if len(text) > s.max_query_chars:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"query: {len(text)} characters exceeds the limit of {s.max_query_chars}",
+        )
+    name = req.policy or s.default_policy
+    serving = rt.policies.get(name)
+    if serving is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"policy: unknown policy {name!r}; known: {sorted(rt.policies)}",
+        )
+    candidates = req.candidates
+    if candidates is not None:
+        if len(candidates) > s.max_candidates:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"candidates: {len(candidates)} given, at most {s.max_candidates} allowed",
+            )
+        unknown = sorted(set(candidates) - set(rt.catalogue))
+        if unknown:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"candidates: unknown model(s) {unknown}; registered: {sorted(rt.catalogue)}",
+            )
+
+    x = await rt.batcher.features(text)
+    policy = serving.policy
+    try:
+        d = policy.choose(x, candidates, req.cost_weight, text=text)
+    except PolicyError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+    now = time.time()
+    rec = DecisionRecord(
+        event_id=f"{name}.{uuid.uuid4().hex}",
+        policy=name,
+        model=d.model,
+        propensity=d.propensity,
+        policy_version=serving.version,
+        context=x,
+        candidates=list(d.probabilities),
+        cost_weight=policy.cost_weight if req.cost_weight is None else req.cost_weight,
+        created_at=now,
+        deadline=now + s.decision_ttl_s,
+        prompt_tokens=max(1, len(text) // 4),
+    )
+    try:
+        seen = await rt.store.put_decision(rec)
+    except StoreUnavailable:
+        return degraded(rt, name, serving.version, candidates)
+    serving.notice_version(rt.store, seen, rt.model_names())
+    rt.metrics.decisions.labels(name, d.model, "false").inc()
+    explanation = None
+    if req.explain:
+        explanation = {
+            m: CandidateExplanation(
+                probability=p,
+                expected_quality=(d.expected_quality or {}).get(m),
+                expected_cost_usd=(d.expected_cost or {}).get(m),
+                score=(d.scores or {}).get(m),
+            )
+            for m, p in d.probabilities.items()
+        }
+    return RouteResponse(
+        event_id=rec.event_id,
+        model=d.model,
+        propensity=d.propensity,
+        policy=name,
+        policy_version=serving.version,
+        explanation=explanation,
+    )
+
+
+def degraded(
+    rt: RuntimeDep, name: str, version: int, candidates: list[str] | None
+) -> RouteResponse:
+    """Without its store the service cannot log a decision, so it does not explore:
+    the configured fallback model (or the first candidate), propensity 1."""
+    fallback = rt.settings.fallback_model
+    if candidates and (fallback is None or fallback not in candidates):
+        fallback = candidates[0]
+    if fallback is None:
+        fallback = next(iter(rt.catalogue))
+    rt.metrics.decisions.labels(name, fallback, "true").inc()
+    return RouteResponse(
+        event_id=None,
+        model=fallback,
+        propensity=1.0,
+        policy=name,
+        policy_version=version,
+        degraded=True,
+    )

@@ -1,0 +1,30 @@
+"""Everything one app instance holds between requests, built in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from service.batcher import FeatureBatcher
+from service.learner import Learner
+from service.metrics import Metrics
+from service.serving import ServingPolicy
+from service.settings import Settings
+from service.store.base import ModelPrice, Store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    batcher: FeatureBatcher
+    metrics: Metrics
+    policies: dict[str, ServingPolicy]
+    catalogue: dict[str, ModelPrice]
+    learners: list[Learner] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    store_ok: bool = True
+
+    def model_names(self) -> list[str]:
+        return list(self.catalogue)

@@ -1,0 +1,150 @@
+"""Request and response bodies of the HTTP API, named for what they carry."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+PolicyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]]
+
+
+class RouteRequest(BaseModel):
+    """Either `query` or OpenAI-style `messages` (routed on the last user message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = None
+    messages: list[ChatMessage] | None = None
+    candidates: list[str] | None = Field(default=None, min_length=1)
+    cost_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    policy: PolicyName | None = None
+    unit_id: str | None = Field(default=None, max_length=256)
+    explain: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RouteRequest:
+        if (self.query is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'query' or 'messages'")
+        if self.query is not None and not self.query.strip():
+            raise ValueError("query must not be empty")
+        return self
+
+
+class CandidateExplanation(BaseModel):
+    probability: float
+    expected_quality: float | None = None
+    expected_cost_usd: float | None = None
+    score: float | None = None
+
+
+class RouteResponse(BaseModel):
+    event_id: str | None
+    model: str
+    propensity: float
+    policy: str
+    policy_version: int
+    degraded: bool = False
+    explanation: dict[str, CandidateExplanation] | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """The outcome of a routed call: one quality signal and the call's cost.
+
+    quality in [0, 1]; or thumbs up (1) / down (0); or a judge `score` on
+    [score_min, score_max]. Cost as `cost_usd`, or token counts priced from the
+    model catalogue.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=200)
+    quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    thumbs: Literal["up", "down"] | None = None
+    score: Finite | None = None
+    score_min: Finite = 0.0
+    score_max: Finite = 10.0
+    cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    source: Literal["user", "judge"] = "user"
+
+    @model_validator(mode="after")
+    def _signals(self) -> FeedbackRequest:
+        given = [n for n in ("quality", "thumbs", "score") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of 'quality', 'thumbs' or 'score' (got {given or 'none'})"
+            )
+        if self.score is not None:
+            if self.score_max <= self.score_min:
+                raise ValueError("score_max must be greater than score_min")
+            if not self.score_min <= self.score <= self.score_max:
+                raise ValueError(
+                    f"score must lie in [score_min, score_max] = "
+                    f"[{self.score_min}, {self.score_max}]"
+                )
+        tokens = (self.prompt_tokens, self.completion_tokens)
+        if self.cost_usd is None and None in tokens:
+            raise ValueError(
+                "give the call's cost: 'cost_usd', or both 'prompt_tokens' and 'completion_tokens'"
+            )
+        return self
+
+    def quality_value(self) -> float:
+        if self.quality is not None:
+            return self.quality
+        if self.thumbs is not None:
+            return 1.0 if self.thumbs == "up" else 0.0
+        assert self.score is not None
+        return (self.score - self.score_min) / (self.score_max - self.score_min)
+
+
+class FeedbackResponse(BaseModel):
+    event_id: str
+    status: Literal["accepted"]
+    quality: float
+    cost_usd: float
+
+
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")
+    input_per_m: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    output_per_m: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class ModelOut(ModelIn):
+    pass
+
+
+class ModelStatsOut(BaseModel):
+    pulls: int
+    mean_quality: float | None
+    mean_cost_usd: float | None
+    mean_reward: float | None
+
+
+class PolicyStatus(BaseModel):
+    name: str
+    kind: str
+    version: int
+    updates_applied: int
+    feedback_total: int
+    feedback_waiting: int
+    learner_lag_s: float | None
+    models: dict[str, ModelStatsOut]
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict[str, Any] = Field(default_factory=dict)

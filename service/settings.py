@@ -1,0 +1,115 @@
+"""The service's one settings class: environment variables (prefix BANDITROUTE_), an
+optional TOML config file, and defaults, in that order of precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ModelConfig(BaseModel):
+    """A model of the catalogue, priced in USD per 1M input / output tokens."""
+
+    name: str = Field(min_length=1, max_length=200)
+    input_per_m: float = Field(ge=0)
+    output_per_m: float = Field(ge=0)
+    expected_output_tokens: int = Field(default=256, ge=0)
+
+
+class PolicyConfig(BaseModel):
+    """A named policy (a tenant): its kind and hyper-parameters, see `policies`."""
+
+    kind: str = "linucb"
+    params: dict[str, Any] = Field(default_factory=dict)
+    cost_weight: float = Field(default=0.2, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BANDITROUTE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    redis_url: str | None = None
+    key_prefix: str = "br"
+    state_dir: Path = Path("state")
+
+    models: list[ModelConfig] = Field(default_factory=list)
+    policies: dict[str, PolicyConfig] = Field(default_factory=lambda: {"default": PolicyConfig()})
+    default_policy: str = "default"
+    fallback_model: str | None = None
+
+    projection_dim: int | None = Field(default=64, ge=1, le=384)
+    embed_batch_max: int = Field(default=32, ge=1)
+    embed_batch_wait_ms: float = Field(default=2.0, ge=0)
+    embed_cache_size: int = Field(default=50_000, ge=0)
+
+    decision_ttl_s: float = Field(default=24 * 3600, gt=0)
+    default_reward: float | None = Field(default=None, ge=0, le=1)
+    snapshot_every_n: int = Field(default=200, ge=1)
+    snapshot_every_ms: int = Field(default=1000, ge=1)
+    lease_ttl_ms: int = Field(default=5000, ge=100)
+    reload_poll_ms: int = Field(default=500, ge=10)
+    run_learner: bool = True
+
+    client_keys: list[SecretStr] = Field(default_factory=list)
+    admin_key: SecretStr | None = None
+
+    max_query_chars: int = Field(default=100_000, ge=1)
+    max_candidates: int = Field(default=64, ge=1)
+
+    @field_validator("policies")
+    @classmethod
+    def _some_policy(cls, v: dict[str, PolicyConfig]) -> dict[str, PolicyConfig]:
+        if not v:
+            raise ValueError("policies: at least one policy must be configured")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: duplicate model names in {names}")
+        if self.default_policy not in self.policies:
+            raise ValueError(
+                f"default_policy: {self.default_policy!r} is not among policies "
+                f"{sorted(self.policies)}"
+            )
+        if self.fallback_model is not None and self.models and self.fallback_model not in names:
+            raise ValueError(f"fallback_model: {self.fallback_model!r} is not a configured model")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.client_keys) or self.admin_key is not None
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from keyword overrides, then the environment, then a TOML file."""
+    if config is None:
+        return Settings(**overrides)
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"config file {config} does not exist")
+
+    class FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config})
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    return FromFile(**overrides)

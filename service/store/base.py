@@ -1,0 +1,230 @@
+"""The store contract: decisions with a deadline, an at-most-once feedback stream,
+policy snapshots with a version, the learner lease, and the model catalogue.
+
+Two implementations meet it: `RedisStore` (shared by many workers, survives restarts)
+and `MemoryStore` (one process; snapshots persisted to a state directory). Every
+method is a coroutine; a store that cannot reach its backend raises `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class StoreUnavailable(RuntimeError):
+    """The backend (Redis) cannot be reached; the caller degrades, it does not crash."""
+
+
+class FeedbackOutcome(enum.Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # the decision already has its feedback -> HTTP 409
+    UNKNOWN = "unknown"  # never issued, or past its deadline -> HTTP 404
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """What `route` decided, kept until feedback arrives or the deadline passes.
+
+    context: the policy's input, shape (dim,), float64 (stored as raw bytes).
+    deadline: unix seconds after which feedback is refused (and the optional default
+    reward may be applied by the learner's sweep).
+    """
+
+    event_id: str
+    policy: str
+    model: str
+    propensity: float
+    policy_version: int
+    context: np.ndarray
+    candidates: list[str]
+    cost_weight: float
+    created_at: float
+    deadline: float
+    variant: str | None = None
+    experiment: str | None = None
+    prompt_tokens: int | None = None
+
+    def meta(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["context"]
+        return d
+
+    def encode(self) -> dict[str, bytes]:
+        """Flat mapping of byte strings (a Redis hash)."""
+        return {
+            "meta": json.dumps(self.meta(), separators=(",", ":")).encode(),
+            "x": np.ascontiguousarray(self.context, dtype=np.float64).tobytes(),
+        }
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes] | dict[str, bytes]) -> DecisionRecord:
+        f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+        meta = json.loads(f["meta"])
+        return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One learning event on the feedback stream: the decision joined with its outcome.
+
+    quality in [0, 1]; cost_usd >= 0; source: "user", "judge" or "default" (the
+    configured reward for a decision that expired unanswered).
+    """
+
+    event_id: str
+    policy: str
+    model: str
+    propensity: float
+    cost_weight: float
+    context: np.ndarray
+    quality: float
+    cost_usd: float
+    source: str
+    received_at: float
+    variant: str | None = None
+    experiment: str | None = None
+
+    def encode(self) -> dict[str, bytes]:
+        meta = asdict(self)
+        del meta["context"]
+        return {
+            "meta": json.dumps(meta, separators=(",", ":")).encode(),
+            "x": np.ascontiguousarray(self.context, dtype=np.float64).tobytes(),
+        }
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes] | dict[str, bytes]) -> FeedbackEvent:
+        f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+        meta = json.loads(f["meta"])
+        return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
+
+    @classmethod
+    def join(
+        cls, rec: DecisionRecord, *, quality: float, cost_usd: float, source: str, now: float
+    ) -> FeedbackEvent:
+        return cls(
+            event_id=rec.event_id,
+            policy=rec.policy,
+            model=rec.model,
+            propensity=rec.propensity,
+            cost_weight=rec.cost_weight,
+            context=rec.context,
+            quality=quality,
+            cost_usd=cost_usd,
+            source=source,
+            received_at=now,
+            variant=rec.variant,
+            experiment=rec.experiment,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A published policy state. last_id: the newest stream entry it contains
+    ("0-0" for none); applied: feedback events applied in total."""
+
+    state: bytes
+    version: int
+    last_id: str
+    applied: int
+    published_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """A model of the catalogue: USD per 1M input and per 1M output tokens."""
+
+    name: str
+    input_per_m: float
+    output_per_m: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
+
+
+class Store(ABC):
+    """All keys of one policy share the Redis hash tag `{policy}`."""
+
+    # ---- decisions and feedback ------------------------------------------
+    @abstractmethod
+    async def put_decision(self, rec: DecisionRecord) -> int:
+        """Keep `rec` until rec.deadline (plus a grace period for duplicate detection).
+        Returns the policy's current published snapshot version (0 if none) read in the
+        same round trip, so a worker learns of a new policy at no extra cost."""
+
+    @abstractmethod
+    async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
+        """The record if it exists and its deadline has not passed, else None."""
+
+    @abstractmethod
+    async def submit_feedback(
+        self, policy: str, event_id: str, event: FeedbackEvent, now: float
+    ) -> FeedbackOutcome:
+        """Atomically: if the decision exists, is unanswered and not past its deadline,
+        mark it answered and append `event` to the policy's feedback stream (ACCEPTED);
+        if already answered, DUPLICATE; otherwise UNKNOWN. Nothing else changes."""
+
+    @abstractmethod
+    async def expire_due(
+        self, policy: str, now: float, default_quality: float | None, limit: int = 1000
+    ) -> int:
+        """Close decisions whose deadline passed unanswered. With a default quality,
+        each gets a FeedbackEvent (source "default", cost 0) appended atomically with
+        its closing. Returns how many were closed."""
+
+    @abstractmethod
+    async def read_feedback(
+        self, policy: str, after_id: str, count: int, block_ms: int = 0
+    ) -> list[tuple[str, FeedbackEvent]]:
+        """Stream entries strictly after `after_id`, oldest first (at most `count`),
+        waiting up to block_ms for the first one."""
+
+    @abstractmethod
+    async def feedback_total(self, policy: str) -> int:
+        """Feedback events ever appended to the policy's stream."""
+
+    # ---- snapshots and lease ----------------------------------------------
+    @abstractmethod
+    async def publish_snapshot(self, policy: str, snap: Snapshot, owner: str | None) -> bool:
+        """Store `snap` as the policy's current state. With an `owner`, only while that
+        owner holds the learner lease (a fencing check in the same atomic step); returns
+        False, storing nothing, otherwise. Entries up to snap.last_id may be trimmed."""
+
+    @abstractmethod
+    async def load_snapshot(self, policy: str) -> Snapshot | None: ...
+
+    @abstractmethod
+    async def snapshot_version(self, policy: str) -> int: ...
+
+    @abstractmethod
+    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
+        """Take the learner lease if free, or renew it if `owner` holds it."""
+
+    @abstractmethod
+    async def release_lease(self, policy: str, owner: str) -> None: ...
+
+    # ---- model catalogue ---------------------------------------------------
+    @abstractmethod
+    async def get_models(self) -> dict[str, ModelPrice]: ...
+
+    @abstractmethod
+    async def put_model(self, model: ModelPrice) -> None: ...
+
+    @abstractmethod
+    async def delete_model(self, name: str) -> bool:
+        """True if it existed."""
+
+    # ---- housekeeping -------------------------------------------------------
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend answers; never raises."""
+
+    @abstractmethod
+    async def close(self) -> None: ...

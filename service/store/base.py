@@ -21,6 +21,31 @@ class StoreUnavailable(RuntimeError):
     """The backend (Redis) cannot be reached; the caller degrades, it does not crash."""
 
 
+def check_policy_name(policy: str) -> str:
+    """Return `policy` if it can name keys and files: non-empty, at most 128 characters,
+    no braces (they would break the `{policy}` hash tag), no path separators, no NUL,
+    and not starting with "." (a hidden or parent-directory file name)."""
+    if not policy or len(policy) > 128 or policy.startswith("."):
+        raise ValueError(f"policy name {policy!r} must be 1-128 characters, not starting with '.'")
+    bad = set(policy) & set("{}/\\\0")
+    if bad:
+        raise ValueError(f"policy name {policy!r} must not contain {sorted(bad)!r}")
+    return policy
+
+
+def parse_stream_id(entry_id: str) -> tuple[int, int]:
+    """A feedback stream id "<ms>-<seq>" as a tuple that orders like the stream does
+    (strings do not: "9-0" > "10-0")."""
+    ms, sep, seq = entry_id.partition("-")
+    try:
+        parsed = (int(ms), int(seq) if sep else 0)
+    except ValueError:
+        raise ValueError(f"stream id {entry_id!r} is not of the form '<ms>-<seq>'") from None
+    if parsed[0] < 0 or parsed[1] < 0:
+        raise ValueError(f"stream id {entry_id!r} is not of the form '<ms>-<seq>'")
+    return parsed
+
+
 class FeedbackOutcome(enum.Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"  # the decision already has its feedback -> HTTP 409
@@ -161,7 +186,8 @@ class Store(ABC):
 
     @abstractmethod
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
-        """The record if it exists and its deadline has not passed, else None."""
+        """The record if it exists, its deadline has not passed (now <= deadline) and
+        the sweep has not closed it, else None."""
 
     @abstractmethod
     async def submit_feedback(
@@ -169,15 +195,21 @@ class Store(ABC):
     ) -> FeedbackOutcome:
         """Atomically: if the decision exists, is unanswered and not past its deadline,
         mark it answered and append `event` to the policy's feedback stream (ACCEPTED);
-        if already answered, DUPLICATE; otherwise UNKNOWN. Nothing else changes."""
+        if already answered, DUPLICATE; otherwise UNKNOWN. Nothing else changes.
+
+        The checks run in this order: missing -> UNKNOWN; answered -> DUPLICATE (also
+        after the deadline, while the record is kept for the grace period); closed by
+        `expire_due` or now > deadline -> UNKNOWN. `event` must carry the same
+        event_id and policy (ValueError otherwise)."""
 
     @abstractmethod
     async def expire_due(
         self, policy: str, now: float, default_quality: float | None, limit: int = 1000
     ) -> int:
-        """Close decisions whose deadline passed unanswered. With a default quality,
-        each gets a FeedbackEvent (source "default", cost 0) appended atomically with
-        its closing. Returns how many were closed."""
+        """Close decisions whose deadline passed unanswered (deadline < now), oldest
+        deadline first, at most `limit`. With a default quality, each gets a
+        FeedbackEvent (source "default", cost 0) appended atomically with its closing.
+        A closed decision refuses late feedback as UNKNOWN. Returns how many were closed."""
 
     @abstractmethod
     async def read_feedback(

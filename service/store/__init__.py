@@ -1,0 +1,46 @@
+"""Where decisions, feedback, snapshots, the lease and the catalogue are kept:
+Redis when a URL is configured, else this process (snapshots on disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.store.base import (
+    DecisionRecord,
+    FeedbackEvent,
+    FeedbackOutcome,
+    ModelPrice,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+)
+from service.store.memory import MemoryStore
+from service.store.redis import RedisStore
+
+__all__ = [
+    "DecisionRecord",
+    "FeedbackEvent",
+    "FeedbackOutcome",
+    "MemoryStore",
+    "ModelPrice",
+    "RedisStore",
+    "Snapshot",
+    "Store",
+    "StoreUnavailable",
+    "open_store",
+]
+
+
+async def open_store(
+    redis_url: str | None,
+    state_dir: Path | None,
+    *,
+    prefix: str = "br",
+    grace_s: float = 3600.0,
+) -> Store:
+    """The configured store: RedisStore for a URL (state_dir unused: Redis keeps the
+    snapshots), else (None or "") a MemoryStore persisting snapshots under state_dir
+    if given. A Redis that is down is not an error here; see RedisStore.connect."""
+    if not redis_url:
+        return MemoryStore(state_dir, grace_s=grace_s)
+    return await RedisStore.connect(redis_url, prefix=prefix, grace_s=grace_s)

@@ -1,0 +1,385 @@
+"""The in-process store: the embedded default when no Redis is configured.
+
+One process only. Decisions, the feedback stream, the counters, the lease and the
+model catalogue live in memory and are lost on restart (unanswered decisions then
+get a 404, like expired ones). Snapshots are what must survive: each is written to
+`state_dir/<policy>.snapshot` (atomically: temp file, fsync, os.replace), so a
+restarted process serves and keeps learning from what it had learned.
+
+Snapshot file: b"BRSNAP1\\n", one line of JSON metadata, then the state bytes.
+
+Every method runs without awaiting between its check and its change, so on one
+event loop each is atomic like the Redis scripts it mirrors. A store belongs to the
+event loop that first uses it (its conditions bind to that loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from service.store.base import (
+    DecisionRecord,
+    FeedbackEvent,
+    FeedbackOutcome,
+    ModelPrice,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+    check_policy_name,
+    parse_stream_id,
+)
+
+_MAGIC = b"BRSNAP1\n"
+_HEADER_KEYS = {"version", "last_id", "applied", "published_at", "size"}
+
+# the states a decision goes through, as in the Redis store's `answered` field
+_OPEN, _ANSWERED, _CLOSED = 0, 1, 2
+
+StreamId = tuple[int, int]
+
+
+@dataclass
+class _Decision:
+    fields: dict[str, bytes]  # DecisionRecord.encode(), so reads decode like Redis
+    deadline: float
+    expire_at: float  # wall-clock unix seconds; the record is gone after it
+    state: int = _OPEN
+
+
+@dataclass
+class _Policy:
+    """Everything the store keeps for one policy."""
+
+    decisions: dict[str, _Decision] = field(default_factory=dict)
+    due: list[tuple[float, str]] = field(default_factory=list)  # heap by deadline
+    expiry: list[tuple[float, str]] = field(default_factory=list)  # heap by expire_at
+    stream: list[tuple[StreamId, dict[str, bytes]]] = field(default_factory=list)
+    last_id: StreamId = (0, 0)  # the newest id ever issued, so ids only grow
+    total: int = 0
+    snap: Snapshot | None = None  # with its state bytes, once loaded or published
+    meta: dict[str, float | int | str] | None = None  # the published snapshot's header
+    lease: tuple[str, float] | None = None  # (owner, monotonic expiry)
+    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+class MemoryStore(Store):
+    """The store in this process; snapshots persisted under `state_dir` if given.
+
+    grace_s: how long past its deadline a decision is kept, so a late second
+    feedback is still recognised as a duplicate (409) rather than unknown (404).
+    """
+
+    def __init__(self, state_dir: Path | None = None, *, grace_s: float = 3600.0) -> None:
+        if grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {grace_s}")
+        self.state_dir = state_dir
+        self.grace_s = grace_s
+        self._policies: dict[str, _Policy] = {}
+        self._models: dict[str, str] = {}  # name -> JSON, as Redis keeps it
+        self._disk_lock = asyncio.Lock()
+        self._persisted: dict[str, int] = {}  # policy -> version on disk
+
+    # ---- decisions and feedback ------------------------------------------
+    async def put_decision(self, rec: DecisionRecord) -> int:
+        st = self._policy(rec.policy)
+        wall = time.time()
+        self._purge(st, wall)
+        expire_at = rec.deadline + self.grace_s
+        st.decisions[rec.event_id] = _Decision(rec.encode(), rec.deadline, expire_at)
+        heapq.heappush(st.due, (rec.deadline, rec.event_id))
+        heapq.heappush(st.expiry, (expire_at, rec.event_id))
+        return self._version(st)
+
+    async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
+        d = self._live(self._policy(policy), event_id)
+        if d is None or d.state == _CLOSED or now > d.deadline:
+            return None
+        return DecisionRecord.decode(d.fields)
+
+    async def submit_feedback(
+        self, policy: str, event_id: str, event: FeedbackEvent, now: float
+    ) -> FeedbackOutcome:
+        _check_event(policy, event_id, event)
+        st = self._policy(policy)
+        d = self._live(st, event_id)
+        if d is None:
+            return FeedbackOutcome.UNKNOWN
+        if d.state == _ANSWERED:
+            return FeedbackOutcome.DUPLICATE
+        if d.state == _CLOSED or now > d.deadline:
+            return FeedbackOutcome.UNKNOWN
+        d.state = _ANSWERED
+        self._append(st, event.encode())
+        await self._notify(st)
+        return FeedbackOutcome.ACCEPTED
+
+    async def expire_due(
+        self, policy: str, now: float, default_quality: float | None, limit: int = 1000
+    ) -> int:
+        st = self._policy(policy)
+        self._purge(st, time.time())
+        closed = 0
+        while st.due and st.due[0][0] < now and closed < limit:
+            deadline, event_id = heapq.heappop(st.due)
+            d = self._live(st, event_id)
+            # stale heap entries: answered, gone, or re-put with another deadline
+            if d is None or d.state != _OPEN or d.deadline != deadline:
+                continue
+            d.state = _CLOSED
+            closed += 1
+            if default_quality is not None:
+                rec = DecisionRecord.decode(d.fields)
+                ev = FeedbackEvent.join(
+                    rec, quality=default_quality, cost_usd=0.0, source="default", now=now
+                )
+                self._append(st, ev.encode())
+        if closed and default_quality is not None:
+            await self._notify(st)
+        return closed
+
+    async def read_feedback(
+        self, policy: str, after_id: str, count: int, block_ms: int = 0
+    ) -> list[tuple[str, FeedbackEvent]]:
+        st = self._policy(policy)
+        after = parse_stream_id(after_id)
+        if block_ms > 0 and not self._after(st, after, 1):
+            try:
+                async with asyncio.timeout(block_ms / 1000), st.cond:
+                    await st.cond.wait_for(lambda: bool(self._after(st, after, 1)))
+            except TimeoutError:
+                return []
+        return [
+            (f"{i[0]}-{i[1]}", FeedbackEvent.decode(f)) for i, f in self._after(st, after, count)
+        ]
+
+    async def feedback_total(self, policy: str) -> int:
+        return self._policy(policy).total
+
+    # ---- snapshots and lease ----------------------------------------------
+    async def publish_snapshot(self, policy: str, snap: Snapshot, owner: str | None) -> bool:
+        st = self._policy(policy)
+        last = parse_stream_id(snap.last_id)
+        if owner is not None and self._holder(st) != owner:
+            return False
+        st.snap = snap
+        st.meta = _header(snap)
+        st.last_id = max(st.last_id, last)
+        del st.stream[: bisect.bisect_right(st.stream, last, key=lambda e: e[0])]
+        if self.state_dir is not None:
+            await self._persist(policy)
+        return True
+
+    async def load_snapshot(self, policy: str) -> Snapshot | None:
+        st = self._policy(policy)
+        if st.snap is None and st.meta is not None and self.state_dir is not None:
+            disk = await asyncio.to_thread(_read_snapshot, self._path(policy))
+            if st.snap is None:  # a publish during the read wins
+                st.snap = disk
+        return st.snap
+
+    async def snapshot_version(self, policy: str) -> int:
+        return self._version(self._policy(policy))
+
+    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
+        st = self._policy(policy)
+        holder = self._holder(st)
+        if holder is not None and holder != owner:
+            return False
+        st.lease = (owner, time.monotonic() + ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, policy: str, owner: str) -> None:
+        st = self._policy(policy)
+        if self._holder(st) == owner:
+            st.lease = None
+
+    # ---- model catalogue ---------------------------------------------------
+    async def get_models(self) -> dict[str, ModelPrice]:
+        return {name: ModelPrice(**json.loads(v)) for name, v in self._models.items()}
+
+    async def put_model(self, model: ModelPrice) -> None:
+        self._models[model.name] = json.dumps(asdict(model), separators=(",", ":"))
+
+    async def delete_model(self, name: str) -> bool:
+        return self._models.pop(name, None) is not None
+
+    # ---- housekeeping -------------------------------------------------------
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        """Nothing to release: snapshots are on disk as soon as publish returns."""
+
+    # ---- internals -----------------------------------------------------------
+    def _policy(self, policy: str) -> _Policy:
+        st = self._policies.get(policy)
+        if st is not None:
+            return st
+        check_policy_name(policy)
+        st = _Policy()
+        if self.state_dir is not None:
+            # only the small header: the version must be right from the first decision,
+            # and new stream ids must sort after the snapshot's last_id
+            st.meta = _read_header(self._path(policy))
+            if st.meta is not None:
+                st.last_id = parse_stream_id(str(st.meta["last_id"]))
+                self._persisted[policy] = int(st.meta["version"])
+        self._policies[policy] = st
+        return st
+
+    def _path(self, policy: str) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir / f"{policy}.snapshot"
+
+    @staticmethod
+    def _version(st: _Policy) -> int:
+        return 0 if st.meta is None else int(st.meta["version"])
+
+    @staticmethod
+    def _live(st: _Policy, event_id: str) -> _Decision | None:
+        d = st.decisions.get(event_id)
+        return d if d is not None and time.time() <= d.expire_at else None
+
+    @staticmethod
+    def _purge(st: _Policy, wall: float) -> None:
+        """Forget decisions past deadline + grace (what PEXPIREAT does in Redis)."""
+        while st.expiry and st.expiry[0][0] < wall:
+            expire_at, event_id = heapq.heappop(st.expiry)
+            d = st.decisions.get(event_id)
+            if d is not None and d.expire_at == expire_at:
+                del st.decisions[event_id]
+
+    @staticmethod
+    def _holder(st: _Policy) -> str | None:
+        if st.lease is None or st.lease[1] <= time.monotonic():
+            return None
+        return st.lease[0]
+
+    @staticmethod
+    def _append(st: _Policy, fields: dict[str, bytes]) -> None:
+        # like XADD *: the current millisecond, or a later sequence number if the
+        # clock has not moved (or went backwards)
+        ms = int(time.time() * 1000)
+        st.last_id = (ms, 0) if ms > st.last_id[0] else (st.last_id[0], st.last_id[1] + 1)
+        st.stream.append((st.last_id, fields))
+        st.total += 1
+
+    @staticmethod
+    def _after(st: _Policy, after: StreamId, count: int) -> list[tuple[StreamId, dict[str, bytes]]]:
+        start = bisect.bisect_right(st.stream, after, key=lambda e: e[0])
+        return st.stream[start : start + max(count, 0)]
+
+    @staticmethod
+    async def _notify(st: _Policy) -> None:
+        async with st.cond:
+            st.cond.notify_all()
+
+    async def _persist(self, policy: str) -> None:
+        """Write the policy's newest snapshot unless a concurrent call already did.
+        Writes are serialised, so the file always ends at the newest version."""
+        async with self._disk_lock:
+            snap = self._policies[policy].snap
+            if snap is None or self._persisted.get(policy, -1) == snap.version:
+                return
+            try:
+                await asyncio.to_thread(_write_snapshot, self._path(policy), snap)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot persist snapshot of {policy!r}: {exc}") from exc
+            self._persisted[policy] = snap.version
+
+
+def _check_event(policy: str, event_id: str, event: FeedbackEvent) -> None:
+    if event.event_id != event_id or event.policy != policy:
+        raise ValueError(
+            f"feedback event is for {event.policy!r}/{event.event_id!r}, "
+            f"not {policy!r}/{event_id!r}"
+        )
+
+
+def _header(snap: Snapshot) -> dict[str, float | int | str]:
+    return {
+        "version": snap.version,
+        "last_id": snap.last_id,
+        "applied": snap.applied,
+        "published_at": snap.published_at,
+        "size": len(snap.state),
+    }
+
+
+def _write_snapshot(path: Path, snap: Snapshot) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = json.dumps(_header(snap), separators=(",", ":")).encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + head + b"\n")
+            f.write(snap.state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every platform can fsync a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _read_header(path: Path) -> dict[str, float | int | str] | None:
+    try:
+        with path.open("rb") as f:
+            return _parse_header(path, f.readline(), f.readline())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot read snapshot {path}: {exc}") from exc
+
+
+def _read_snapshot(path: Path) -> Snapshot | None:
+    try:
+        with path.open("rb") as f:
+            head = _parse_header(path, f.readline(), f.readline())
+            state = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot read snapshot {path}: {exc}") from exc
+    if len(state) != head["size"]:
+        raise StoreUnavailable(
+            f"snapshot {path} is corrupt: {len(state)} state bytes, header says {head['size']}"
+        )
+    return Snapshot(
+        state=state,
+        version=int(head["version"]),
+        last_id=str(head["last_id"]),
+        applied=int(head["applied"]),
+        published_at=float(head["published_at"]),
+    )
+
+
+def _parse_header(path: Path, magic: bytes, line: bytes) -> dict[str, float | int | str]:
+    # a corrupt file is not "no snapshot": starting cold would overwrite what was learned
+    if magic != _MAGIC:
+        raise StoreUnavailable(f"{path} is not a banditroute snapshot")
+    try:
+        head = json.loads(line)
+    except ValueError as exc:
+        raise StoreUnavailable(f"snapshot {path} has a corrupt header: {exc}") from exc
+    if not isinstance(head, dict) or not _HEADER_KEYS <= head.keys():
+        raise StoreUnavailable(f"snapshot {path} has a corrupt header: {line[:200]!r}")
+    return head

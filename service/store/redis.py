@@ -1,0 +1,510 @@
+"""The Redis store: shared by every worker and learner, survives their restarts.
+
+Key layout (every key of one policy carries the hash tag `{policy}`, so a Redis
+Cluster keeps a policy on one shard and every script touches one slot):
+
+    <prefix>:{<policy>}:d:<event_id>  hash: meta, x (DecisionRecord.encode()), deadline
+                                      (unix s), answered ("0" open, "1" answered,
+                                      "2" closed by the sweep); expires at deadline + grace
+    <prefix>:{<policy>}:due           sorted set: open event ids scored by deadline
+    <prefix>:{<policy>}:stream        stream: feedback events (fields meta, x)
+    <prefix>:{<policy>}:fbtotal       counter: events ever appended to the stream
+    <prefix>:{<policy>}:snap          string: the published policy state
+    <prefix>:{<policy>}:snapmeta      hash: version, last_id, applied, published_at
+    <prefix>:{<policy>}:lease         string: the learner holding the lease, with a TTL
+    <prefix>:models                   hash: model name -> ModelPrice as JSON
+
+Every error meaning "Redis cannot be reached" becomes `StoreUnavailable` (see
+`_reachable`). The client retries a dropped connection once at once and never
+retries a timeout, so an outage is reported within about `socket_timeout` and the
+pool reconnects by itself when Redis is back. The scripts are EVALSHA'd through
+redis-py's Script objects, which re-load them after a restart flushed the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from service.store.base import (
+    DecisionRecord,
+    FeedbackEvent,
+    FeedbackOutcome,
+    ModelPrice,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+    check_policy_name,
+    parse_stream_id,
+)
+
+log = logging.getLogger("banditroute.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# BusyLoadingError: Redis is up but still loading its data set; ReadOnlyError: we
+# reached a replica (failover in progress). Both mean "not usable now", like a
+# refused connection; every other Redis error is a bug and propagates as is.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,
+    rex.BusyLoadingError,
+    rex.TimeoutError,
+    rex.ReadOnlyError,
+    OSError,
+)
+
+# KEYS: decision, due, stream, fbtotal. ARGV: now, event_id, meta, x.
+# Returns 1 accepted, 2 duplicate, 0 unknown (missing, closed or past the deadline).
+_SUBMIT = """
+local answered = redis.call('HGET', KEYS[1], 'answered')
+if not answered then return 0 end
+if answered == '1' then return 2 end
+if answered ~= '0' then return 0 end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then return 0 end
+redis.call('HSET', KEYS[1], 'answered', '1')
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
+redis.call('INCR', KEYS[4])
+return 1
+"""
+
+# KEYS: decision, due, stream, fbtotal. ARGV: now, event_id[, meta, x].
+# Closes one open decision whose deadline passed, appending the default event if
+# given; returns 1 if it closed it. Drops ids of answered or vanished decisions
+# from `due`; leaves a decision re-put with a later deadline alone.
+_CLOSE = """
+local answered = redis.call('HGET', KEYS[1], 'answered')
+if answered ~= '0' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 0
+end
+if tonumber(redis.call('HGET', KEYS[1], 'deadline')) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'answered', '2')
+redis.call('ZREM', KEYS[2], ARGV[2])
+if #ARGV >= 4 then
+  redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
+  redis.call('INCR', KEYS[4])
+end
+return 1
+"""
+
+# KEYS: snap, snapmeta, stream, lease.
+# ARGV: fenced ("1"/"0"), owner, state, version, last_id, applied, published_at, minid.
+_PUBLISH = """
+if ARGV[1] == '1' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], 'version', ARGV[4], 'last_id', ARGV[5],
+           'applied', ARGV[6], 'published_at', ARGV[7])
+if ARGV[8] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[8]) end
+return 1
+"""
+
+# KEYS: lease. ARGV: owner, ttl_ms.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_OUTCOMES = {1: FeedbackOutcome.ACCEPTED, 2: FeedbackOutcome.DUPLICATE, 0: FeedbackOutcome.UNKNOWN}
+
+_MAX_SEQ = 2**64 - 1
+
+
+def _reachable(
+    fn: Callable[Concatenate[RedisStore, P], Awaitable[T]],
+) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
+    """Translate "cannot reach Redis" into StoreUnavailable: the one place it happens."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(self, *args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(
+                f"redis at {self.where} unavailable during {fn.__name__}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    return wrapper
+
+
+class _Scripts:
+    """The Lua scripts, registered on one client (EVALSHA, re-loaded when missing)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.submit = client.register_script(_SUBMIT)
+        self.close = client.register_script(_CLOSE)
+        self.publish = client.register_script(_PUBLISH)
+        self.acquire = client.register_script(_ACQUIRE)
+        self.release = client.register_script(_RELEASE)
+
+
+class _Keys:
+    """The keys of one policy, all in the slot of its hash tag."""
+
+    def __init__(self, prefix: str, policy: str) -> None:
+        base = f"{prefix}:{{{check_policy_name(policy)}}}"
+        self.base = base
+        self.stream = f"{base}:stream"
+        self.due = f"{base}:due"
+        self.snap = f"{base}:snap"
+        self.snapmeta = f"{base}:snapmeta"
+        self.lease = f"{base}:lease"
+        self.fbtotal = f"{base}:fbtotal"
+
+    def decision(self, event_id: str) -> str:
+        return f"{self.base}:d:{event_id}"
+
+
+class RedisStore(Store):
+    """The store on Redis (redis.asyncio; hiredis parses replies when installed).
+
+    url: redis:// or rediss:// or unix:// URL (password in the URL, never logged).
+    prefix: first part of every key, so several deployments can share one Redis.
+    grace_s: how long past its deadline a decision is kept, so a late second
+    feedback is still a duplicate (409) rather than unknown (404).
+    socket_timeout: seconds to connect, to wait for a reply, or to wait for a free
+    pooled connection before reporting the store unavailable.
+    max_connections: the pool's size; more concurrent calls queue for a connection
+    (redis-py's default pool would fail them instead).
+
+    The client is built on first use, inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "br",
+        grace_s: float = 3600.0,
+        socket_timeout: float = 1.0,
+        max_connections: int = 64,
+    ) -> None:
+        if not prefix or any(c in prefix for c in "{}"):
+            raise ValueError(f"prefix {prefix!r} must be non-empty and without braces")
+        if grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {grace_s}")
+        if socket_timeout <= 0:
+            raise ValueError(f"socket_timeout must be > 0, got {socket_timeout}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self.url = url
+        self.prefix = prefix
+        self.grace_s = grace_s
+        self.socket_timeout = socket_timeout
+        self.max_connections = max_connections
+        self.where = _redact(url)
+        # a blocking XREAD longer than the socket timeout would read as an outage,
+        # so long waits are made of several shorter ones
+        self._block_chunk_ms = max(1, int(socket_timeout * 500))
+        self._client: aioredis.Redis | None = None
+        self._scripts: _Scripts | None = None
+        self._keys: dict[str, _Keys] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str = "br",
+        grace_s: float = 3600.0,
+        socket_timeout: float = 1.0,
+        max_connections: int = 64,
+    ) -> RedisStore:
+        """Build the store and check that Redis answers. A Redis that is down is
+        logged, not raised: the service starts degraded and the store connects
+        by itself once Redis is up."""
+        store = cls(
+            url,
+            prefix=prefix,
+            grace_s=grace_s,
+            socket_timeout=socket_timeout,
+            max_connections=max_connections,
+        )
+        if not await store.ping():
+            log.warning("redis at %s does not answer yet; serving degraded", store.where)
+        return store
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=self.socket_timeout,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+                socket_keepalive=True,
+                # PING a connection idle this long before using it
+                health_check_interval=10,
+                # One immediate retry on a dropped connection (a stale pooled socket
+                # after a Redis restart), none on a timeout, no backoff: an outage is
+                # reported fast. The retry may re-run a command whose reply was lost;
+                # every write here is idempotent or re-checked by its script (a
+                # repeated feedback then answers DUPLICATE instead of ACCEPTED).
+                retry=Retry(NoBackoff(), 1, supported_errors=(rex.ConnectionError,)),
+                decode_responses=False,
+            )
+            client = aioredis.Redis.from_pool(pool)
+            self._scripts = _Scripts(client)
+            self._client = client
+        return self._client
+
+    def _lua(self) -> _Scripts:
+        if self._scripts is None:
+            self._redis()
+        assert self._scripts is not None
+        return self._scripts
+
+    def _k(self, policy: str) -> _Keys:
+        keys = self._keys.get(policy)
+        if keys is None:
+            keys = self._keys[policy] = _Keys(self.prefix, policy)
+        return keys
+
+    @property
+    def models_key(self) -> str:
+        return f"{self.prefix}:models"
+
+    # ---- decisions and feedback ------------------------------------------
+    @_reachable
+    async def put_decision(self, rec: DecisionRecord) -> int:
+        k = self._k(rec.policy)
+        key = k.decision(rec.event_id)
+        fields: dict[Any, Any] = {
+            **rec.encode(),
+            "deadline": repr(float(rec.deadline)),
+            "answered": "0",
+        }
+        # MULTI costs no extra round trip and never leaves a record without its TTL
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.pexpireat(key, int((rec.deadline + self.grace_s) * 1000))
+            pipe.zadd(k.due, {rec.event_id: rec.deadline})
+            pipe.hget(k.snapmeta, "version")
+            *_, version = await pipe.execute()
+        return int(version or 0)
+
+    @_reachable
+    async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
+        fields = cast(
+            dict[bytes, bytes], await self._redis().hgetall(self._k(policy).decision(event_id))
+        )
+        if not fields or fields.get(b"answered") == b"2":
+            return None
+        rec = DecisionRecord.decode(fields)
+        return None if now > rec.deadline else rec
+
+    @_reachable
+    async def submit_feedback(
+        self, policy: str, event_id: str, event: FeedbackEvent, now: float
+    ) -> FeedbackOutcome:
+        if event.event_id != event_id or event.policy != policy:
+            raise ValueError(
+                f"feedback event is for {event.policy!r}/{event.event_id!r}, "
+                f"not {policy!r}/{event_id!r}"
+            )
+        k = self._k(policy)
+        enc = event.encode()
+        code = await self._lua().submit(
+            keys=[k.decision(event_id), k.due, k.stream, k.fbtotal],
+            args=[repr(float(now)), event_id, enc["meta"], enc["x"]],
+        )
+        return _OUTCOMES[int(code)]
+
+    @_reachable
+    async def expire_due(
+        self, policy: str, now: float, default_quality: float | None, limit: int = 1000
+    ) -> int:
+        k = self._k(policy)
+        r = self._redis()
+        raw = await r.zrangebyscore(k.due, "-inf", f"({float(now)!r}", start=0, num=limit)
+        if not raw:
+            return 0
+        ids = [_text(i) for i in raw]
+        extra: list[list[bytes]] = [[] for _ in ids]
+        if default_quality is not None:
+            # the default event is the decision joined with the default quality:
+            # read the records, then each script re-checks before it appends
+            async with r.pipeline(transaction=False) as pipe:
+                for event_id in ids:
+                    pipe.hmget(k.decision(event_id), ["meta", "x"])
+                records = await pipe.execute()
+            for i, (meta, x) in enumerate(records):
+                if meta is None or x is None:
+                    continue  # gone: the script just drops it from `due`
+                rec = DecisionRecord.decode({"meta": meta, "x": x})
+                ev = FeedbackEvent.join(
+                    rec, quality=default_quality, cost_usd=0.0, source="default", now=now
+                )
+                enc = ev.encode()
+                extra[i] = [enc["meta"], enc["x"]]
+        async with r.pipeline(transaction=False) as pipe:
+            for event_id, more in zip(ids, extra, strict=True):
+                await self._lua().close(
+                    keys=[k.decision(event_id), k.due, k.stream, k.fbtotal],
+                    args=[repr(float(now)), event_id, *more],
+                    client=pipe,
+                )
+            closed = await pipe.execute()
+        return sum(int(c) for c in closed)
+
+    @_reachable
+    async def read_feedback(
+        self, policy: str, after_id: str, count: int, block_ms: int = 0
+    ) -> list[tuple[str, FeedbackEvent]]:
+        parse_stream_id(after_id)
+        r = self._redis()
+        streams: dict[Any, Any] = {self._k(policy).stream: after_id}
+        loop = asyncio.get_running_loop()
+        end = loop.time() + block_ms / 1000
+        remaining = block_ms
+        while True:
+            block = min(remaining, self._block_chunk_ms) if remaining > 0 else None
+            resp: Any = await r.xread(streams, count=count, block=block)
+            if resp or block is None:
+                break
+            remaining = int((end - loop.time()) * 1000)
+            if remaining <= 0:
+                break
+        # RESP2 answers [[stream, entries]], RESP3 (protocol=3 in the URL) {stream: entries}
+        per_stream = resp.values() if isinstance(resp, dict) else (e for _, e in resp or [])
+        return [
+            (_text(entry_id), FeedbackEvent.decode(fields))
+            for entries in per_stream
+            for entry_id, fields in entries
+        ]
+
+    @_reachable
+    async def feedback_total(self, policy: str) -> int:
+        return int(await self._redis().get(self._k(policy).fbtotal) or 0)
+
+    # ---- snapshots and lease ----------------------------------------------
+    @_reachable
+    async def publish_snapshot(self, policy: str, snap: Snapshot, owner: str | None) -> bool:
+        k = self._k(policy)
+        ok = await self._lua().publish(
+            keys=[k.snap, k.snapmeta, k.stream, k.lease],
+            args=[
+                "0" if owner is None else "1",
+                owner or "",
+                snap.state,
+                snap.version,
+                snap.last_id,
+                snap.applied,
+                repr(float(snap.published_at)),
+                _min_id_after(snap.last_id),
+            ],
+        )
+        return bool(ok)
+
+    @_reachable
+    async def load_snapshot(self, policy: str) -> Snapshot | None:
+        k = self._k(policy)
+        # one MULTI so the bytes and their metadata come from the same publish
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.get(k.snap)
+            pipe.hgetall(k.snapmeta)
+            state, meta = await pipe.execute()
+        if state is None or not meta:
+            return None
+        return Snapshot(
+            state=state,
+            version=int(meta[b"version"]),
+            last_id=meta[b"last_id"].decode(),
+            applied=int(meta[b"applied"]),
+            published_at=float(meta[b"published_at"]),
+        )
+
+    @_reachable
+    async def snapshot_version(self, policy: str) -> int:
+        return int(await self._redis().hget(self._k(policy).snapmeta, "version") or 0)
+
+    @_reachable
+    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
+        if not owner or ttl_ms <= 0:
+            raise ValueError(f"lease needs an owner and ttl_ms > 0, got {owner!r}, {ttl_ms}")
+        lease = self._k(policy).lease
+        return bool(await self._lua().acquire(keys=[lease], args=[owner, ttl_ms]))
+
+    @_reachable
+    async def release_lease(self, policy: str, owner: str) -> None:
+        await self._lua().release(keys=[self._k(policy).lease], args=[owner])
+
+    # ---- model catalogue ---------------------------------------------------
+    @_reachable
+    async def get_models(self) -> dict[str, ModelPrice]:
+        raw = await self._redis().hgetall(self.models_key)
+        return {_text(k): ModelPrice(**json.loads(v)) for k, v in raw.items()}
+
+    @_reachable
+    async def put_model(self, model: ModelPrice) -> None:
+        doc = json.dumps(asdict(model), separators=(",", ":"))
+        await self._redis().hset(self.models_key, model.name, doc)
+
+    @_reachable
+    async def delete_model(self, name: str) -> bool:
+        return bool(await self._redis().hdel(self.models_key, name))
+
+    # ---- housekeeping -------------------------------------------------------
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis().ping())
+        except Exception:  # a health probe answers, it never raises
+            return False
+
+    async def close(self) -> None:
+        client, self._client, self._scripts = self._client, None, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except _UNREACHABLE:
+                pass
+
+
+def _text(value: bytes | str | Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _min_id_after(last_id: str) -> str:
+    """The XTRIM MINID that drops entries up to and including `last_id` ("" for none):
+    MINID keeps ids >= its argument, so it is the next possible id."""
+    ms, seq = parse_stream_id(last_id)
+    if (ms, seq) == (0, 0):
+        return ""
+    return f"{ms + 1}-0" if seq == _MAX_SEQ else f"{ms}-{seq + 1}"
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()

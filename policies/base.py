@@ -311,6 +311,12 @@ class Policy(ABC):
     def _load_extra(self, extra: Mapping[str, Any]) -> None:  # noqa: B027
         pass
 
+    def use_rng(self, rng: np.random.Generator) -> None:
+        """Draw from `rng` from now on. A serving copy keeps one stream across the
+        snapshots it loads: each snapshot carries the learner's RNG state, and
+        adopting it at every reload would replay the same draws."""
+        self._rng = rng
+
     def to_bytes(self) -> bytes:
         """The complete state: a JSON header (class, schema, parameters, models,
         counters, RNG state) followed by an .npz archive of arrays, no pickle."""

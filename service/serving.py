@@ -7,6 +7,8 @@ import asyncio
 import logging
 import re
 
+import numpy as np
+
 from policies import Policy, PolicyError, load_policy, make_policy
 from service.settings import PolicyConfig
 from service.store.base import Store, StoreUnavailable
@@ -37,6 +39,9 @@ class ServingPolicy:
 
     def __init__(self, name: str, policy: Policy, version: int = 0) -> None:
         self.name = name
+        # every worker draws its own stream (OS entropy), never the learner's
+        self.rng = np.random.default_rng()
+        policy.use_rng(self.rng)
         self.policy = policy
         self.version = version
         self._reloading: asyncio.Task[None] | None = None
@@ -71,6 +76,7 @@ class ServingPolicy:
             log.error("policy %s: snapshot v%d rejected: %s", self.name, snap.version, exc)
             return
         old = self.policy
+        policy.use_rng(self.rng)
         self.policy = policy
         self.version = snap.version
         try:

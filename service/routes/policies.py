@@ -36,7 +36,8 @@ async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyS
     if lag is not None:
         rt.metrics.learner_lag.labels(name).set(lag)
     if snap is not None and snap.version > serving.version:
-        serving.notice_version(rt.store, snap.version, rt.model_names())
+        # a status read is rare: wait for the reload so the stats match `version`
+        await serving.reload(rt.store, rt.model_names())
     models = {}
     for m, st in serving.policy.stats().items():
         n = st.pulls

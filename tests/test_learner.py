@@ -1,0 +1,172 @@
+"""The single-writer learner on real stores (the shared Redis under a unique key prefix,
+and the in-process store): every accepted feedback is applied exactly once, across a
+learner that dies without a goodbye and a successor that takes its lease over."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from policies import Policy, load_policy, make_policy
+from service.learner import Learner
+from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Store
+from tests.service_helpers import REDIS_URL
+
+POLICY = "pol"
+MODELS = ["cheap", "strong"]
+DIM = 6
+
+
+def fresh() -> Policy:
+    return make_policy("linucb", MODELS, DIM, seed=0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[type]:
+    prefix = f"brtest-learner-{uuid.uuid4().hex[:8]}"
+
+    def make() -> Store:
+        if request.param == "memory":
+            return MemoryStore(tmp_path / "state")
+        return RedisStore(REDIS_URL, prefix=prefix)
+
+    yield make  # type: ignore[misc]
+    if request.param == "redis":
+        with redis.Redis.from_url(REDIS_URL) as r:
+            keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                r.delete(*keys)
+
+
+async def feed(store: Store, n: int, start: int = 0) -> None:
+    """n accepted feedbacks; "strong" gets quality 1, "cheap" 0."""
+    rng = np.random.default_rng(start)
+    now = time.time()
+    for i in range(start, start + n):
+        model = MODELS[i % 2]
+        rec = DecisionRecord(
+            event_id=f"{POLICY}.{i}",
+            policy=POLICY,
+            model=model,
+            propensity=0.5,
+            policy_version=0,
+            context=rng.standard_normal(DIM),
+            candidates=MODELS,
+            cost_weight=0.0,
+            created_at=now,
+            deadline=now + 600,
+        )
+        await store.put_decision(rec)
+        ev = FeedbackEvent.join(
+            rec, quality=float(model == "strong"), cost_usd=0.0, source="user", now=now
+        )
+        assert (await store.submit_feedback(POLICY, rec.event_id, ev, now)).value == "accepted"
+
+
+async def wait_applied(store: Store, n: int, timeout: float = 30.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        snap = await store.load_snapshot(POLICY)
+        if snap is not None and snap.applied >= n:
+            return snap.applied
+        await asyncio.sleep(0.02)
+    snap = await store.load_snapshot(POLICY)
+    return 0 if snap is None else snap.applied
+
+
+def learner(store: Store, owner: str) -> Learner:
+    return Learner(store, POLICY, fresh, every_n=25, every_ms=50, lease_ttl_ms=300, owner=owner)
+
+
+def test_killed_learner_is_resumed_exactly_once(store_factory: type) -> None:
+    async def main() -> None:
+        store = store_factory()
+        a = learner(store, "a")
+        task = asyncio.create_task(a.run(asyncio.Event()))
+        await feed(store, 150)
+        assert await wait_applied(store, 150) == 150
+        # more arrives and the learner dies at once, whatever it had read: no final
+        # publish, no lease release (as with SIGKILL)
+        await feed(store, 150, start=150)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await feed(store, 200, start=300)
+        b = learner(store, "b")
+        stop_b = asyncio.Event()
+        task_b = asyncio.create_task(b.run(stop_b))
+        applied = await wait_applied(store, 500)
+        await asyncio.sleep(0.3)  # nothing more may arrive: none applied twice
+        stop_b.set()
+        await task_b
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None
+        assert applied == 500 and snap.applied == 500
+        policy = load_policy(snap.state)
+        stats = policy.stats()
+        assert stats["strong"].pulls + stats["cheap"].pulls == 500
+        assert stats["strong"].quality_sum == 250
+        assert (await store.feedback_total(POLICY)) == 500
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_lease_goes_to_one_learner_and_is_taken_over(store_factory: type) -> None:
+    async def main() -> None:
+        store = store_factory()
+        await feed(store, 100)
+        a, b = learner(store, "a"), learner(store, "b")
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        task_a = asyncio.create_task(a.run(stop_a))
+        await asyncio.sleep(0.1)
+        task_b = asyncio.create_task(b.run(stop_b))
+        assert await wait_applied(store, 100) == 100
+        await asyncio.sleep(0.2)
+        assert a.stats.holds_lease and not b.stats.holds_lease
+        # the holder dies without releasing: the other takes over after the TTL
+        task_a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task_a
+        await feed(store, 50, start=100)
+        assert await wait_applied(store, 150) == 150
+        assert b.stats.holds_lease
+        stop_b.set()
+        await task_b
+        assert (await store.load_snapshot(POLICY)).applied == 150  # type: ignore[union-attr]
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_stale_learner_cannot_publish(store_factory: type) -> None:
+    """A learner paused past its lease (GC, partition) must not overwrite the state of
+    the learner that took over: publishing is fenced by the lease."""
+
+    async def main() -> None:
+        store = store_factory()
+        await feed(store, 40)
+        a = learner(store, "a")
+        await a.step()
+        assert a.stats.holds_lease
+        await asyncio.sleep(0.4)  # a's lease lapses while it is "paused"
+        b = learner(store, "b")
+        await b.step()
+        assert b.stats.holds_lease
+        await b._publish()
+        version_b = await store.snapshot_version(POLICY)
+        a._dirty = 1
+        await a._publish()  # refused: a no longer holds the lease
+        assert not a.stats.holds_lease
+        assert await store.snapshot_version(POLICY) == version_b
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))

@@ -13,6 +13,7 @@ truncates from the left and keeps the end of the text.
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import threading
 from collections import OrderedDict
@@ -202,6 +203,11 @@ class Embedder:
     def _load_locked(self) -> SentenceTransformer:
         if self._model is None:
             self._model = load_sentence_transformer(self.device, self.truncation_side)
+            # torch and transformers leave ~460k long-lived objects that every full
+            # collection would traverse: 410 ms here, which under load struck every few
+            # thousand requests (p99 300-400 ms). Frozen, they are never scanned again.
+            gc.collect()
+            gc.freeze()
         return self._model
 
     @property

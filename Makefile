@@ -1,11 +1,12 @@
 # Two entry points do all the set-up on a fresh machine:
 #   make run    replay the shipped routing data through the bandits (the main job)
+#   make serve  the routing service on 127.0.0.1:8000 (in-process store, no Redis needed)
 #   make test   the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/data/llmrouter_14tasks.parquet
 
-.PHONY: setup run test lint bench
+.PHONY: setup run serve test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +20,9 @@ setup: $(VENV)/.installed
 
 run: setup
 	$(VENV)/bin/banditroute replay --data $(DATA)
+
+serve: setup
+	$(VENV)/bin/banditroute serve --config deploy/banditroute.toml
 
 test: setup
 	# pytest exits 5 when it collects nothing; that alone is not a failure

@@ -506,6 +506,18 @@ def test_memory_snapshot_survives_restart(tmp_path: Path) -> None:
     asyncio.run(body())
 
 
+def test_memory_catalogue_survives_restart(tmp_path: Path) -> None:
+    async def body() -> None:
+        first = MemoryStore(tmp_path)
+        await first.put_model(ModelPrice("a", 0.1, 0.2))
+        await first.put_model(ModelPrice("b", 1.0, 2.0))
+        assert await first.delete_model("a")
+        assert await MemoryStore(tmp_path).get_models() == {"b": ModelPrice("b", 1.0, 2.0)}
+        assert await MemoryStore(None).get_models() == {}
+
+    asyncio.run(body())
+
+
 def test_memory_corrupt_snapshot_is_unavailable_not_empty(tmp_path: Path) -> None:
     (tmp_path / f"{POLICY}.snapshot").write_bytes(b"garbage")
 

@@ -1,10 +1,11 @@
 """The in-process store: the embedded default when no Redis is configured.
 
-One process only. Decisions, the feedback stream, the counters, the lease and the
-model catalogue live in memory and are lost on restart (unanswered decisions then
-get a 404, like expired ones). Snapshots are what must survive: each is written to
-`state_dir/<policy>.snapshot` (atomically: temp file, fsync, os.replace), so a
-restarted process serves and keeps learning from what it had learned.
+One process only. Decisions, the feedback stream, the counters and the lease live in
+memory and are lost on restart (unanswered decisions then get a 404, like expired
+ones). Snapshots and the model catalogue are what must survive: each snapshot is
+written to `state_dir/<policy>.snapshot` and the catalogue to `state_dir/models.json`
+(atomically: temp file, fsync, os.replace), so a restarted process serves and keeps
+learning from what it had learned, with the models it had.
 
 Snapshot file: b"BRSNAP1\\n", one line of JSON metadata, then the state bytes.
 
@@ -38,6 +39,7 @@ from service.store.base import (
 )
 
 _MAGIC = b"BRSNAP1\n"
+_MODELS_FILE = "models.json"
 _HEADER_KEYS = {"version", "last_id", "applied", "published_at", "size"}
 
 # the states a decision goes through, as in the Redis store's `answered` field
@@ -84,6 +86,9 @@ class MemoryStore(Store):
         self.grace_s = grace_s
         self._policies: dict[str, _Policy] = {}
         self._models: dict[str, str] = {}  # name -> JSON, as Redis keeps it
+        if state_dir is not None and (state_dir / _MODELS_FILE).is_file():
+            # models registered through the API survive a restart, like Redis keeps them
+            self._models = json.loads((state_dir / _MODELS_FILE).read_text())
         self._disk_lock = asyncio.Lock()
         self._persisted: dict[str, int] = {}  # policy -> version on disk
 
@@ -207,9 +212,22 @@ class MemoryStore(Store):
 
     async def put_model(self, model: ModelPrice) -> None:
         self._models[model.name] = json.dumps(asdict(model), separators=(",", ":"))
+        await self._persist_models()
 
     async def delete_model(self, name: str) -> bool:
-        return self._models.pop(name, None) is not None
+        found = self._models.pop(name, None) is not None
+        if found:
+            await self._persist_models()
+        return found
+
+    async def _persist_models(self) -> None:
+        if self.state_dir is None:
+            return
+        data = json.dumps(self._models, indent=1).encode()
+        try:
+            await asyncio.to_thread(_write_atomic, self.state_dir / _MODELS_FILE, data)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot persist the model catalogue: {exc}") from exc
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:
@@ -315,13 +333,17 @@ def _header(snap: Snapshot) -> dict[str, float | int | str]:
 
 
 def _write_snapshot(path: Path, snap: Snapshot) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     head = json.dumps(_header(snap), separators=(",", ":")).encode()
+    _write_atomic(path, _MAGIC + head + b"\n" + snap.state)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` so that a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + head + b"\n")
-            f.write(snap.state)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -206,6 +206,7 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     _route(client)
     text = client.get("/metrics").text
     assert "banditroute_requests_total" in text and "banditroute_decisions_total" in text
+    assert 'banditroute_feedback_waiting{policy="default"} 0.0' in text
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/route", "/v1/feedback"}
     assert client.get("/docs").status_code == 200
 

@@ -9,6 +9,7 @@ redis-server of its own and never touches the shared one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -376,6 +377,8 @@ def test_snapshot_fencing_and_versions(backend: Backend) -> None:
         assert await store.publish_snapshot(POLICY, snap(3), None)
         assert await store.snapshot_version(POLICY) == 3
         assert await store.snapshot_version("beta") == 0
+        assert await store.snapshot_info(POLICY) == dataclasses.replace(snap(3), state=b"")
+        assert await store.snapshot_info("beta") is None
 
     backend.run(body)
 

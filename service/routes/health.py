@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import RuntimeDep
+from service.routes.policies import progress
 from service.schemas import Health
+from service.store.base import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -34,4 +38,6 @@ async def readyz(rt: RuntimeDep) -> Health | JSONResponse:
 async def metrics(rt: RuntimeDep) -> Response:
     for name, serving in rt.policies.items():
         rt.metrics.policy_version.labels(name).set(serving.version)
+        with contextlib.suppress(StoreUnavailable):  # the gauges keep their last value
+            await progress(rt, name)
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)

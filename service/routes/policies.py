@@ -7,10 +7,25 @@ import time
 from fastapi import APIRouter, HTTPException, status
 
 from service.deps import ClientAuth, RuntimeDep
+from service.runtime_state import Runtime
 from service.schemas import ModelStatsOut, PolicyStatus
-from service.store.base import StoreUnavailable
+from service.store.base import Snapshot, StoreUnavailable
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+
+async def progress(rt: Runtime, name: str) -> tuple[Snapshot | None, int, int, float | None]:
+    """The published snapshot's metadata, feedback ever appended, feedback not yet in
+    a snapshot, and the snapshot's age while feedback waits; also sets the gauges."""
+    snap = await rt.store.snapshot_info(name)
+    total = await rt.store.feedback_total(name)
+    waiting = max(0, total - (snap.applied if snap else 0))
+    lag = None
+    if snap is not None:
+        lag = max(0.0, time.time() - snap.published_at) if waiting else 0.0
+        rt.metrics.learner_lag.labels(name).set(lag)
+    rt.metrics.feedback_waiting.labels(name).set(waiting)
+    return snap, total, waiting, lag
 
 
 @router.get("/{name}", response_model=PolicyStatus)
@@ -19,8 +34,7 @@ async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyS
     if serving is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"name: unknown policy {name!r}")
     try:
-        snap = await rt.store.load_snapshot(name)
-        total = await rt.store.feedback_total(name)
+        snap, total, waiting, lag = await progress(rt, name)
     except StoreUnavailable as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -28,13 +42,6 @@ async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyS
             headers={"Retry-After": "1"},
         ) from exc
     applied = snap.applied if snap else 0
-    waiting = max(0, total - applied)
-    lag = None
-    if snap is not None:
-        lag = max(0.0, time.time() - snap.published_at) if waiting else 0.0
-    rt.metrics.feedback_waiting.labels(name).set(waiting)
-    if lag is not None:
-        rt.metrics.learner_lag.labels(name).set(lag)
     if snap is not None and snap.version > serving.version:
         # a status read is rare: wait for the reload so the stats match `version`
         await serving.reload(rt.store, rt.model_names())

@@ -236,6 +236,10 @@ class Store(ABC):
     async def snapshot_version(self, policy: str) -> int: ...
 
     @abstractmethod
+    async def snapshot_info(self, policy: str) -> Snapshot | None:
+        """The published snapshot's metadata without its state bytes (state=b"")."""
+
+    @abstractmethod
     async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
         """Take the learner lease if free, or renew it if `owner` holds it."""
 

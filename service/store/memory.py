@@ -190,6 +190,18 @@ class MemoryStore(Store):
                 st.snap = disk
         return st.snap
 
+    async def snapshot_info(self, policy: str) -> Snapshot | None:
+        meta = self._policy(policy).meta
+        if meta is None:
+            return None
+        return Snapshot(
+            state=b"",
+            version=int(meta["version"]),
+            last_id=str(meta["last_id"]),
+            applied=int(meta["applied"]),
+            published_at=float(meta["published_at"]),
+        )
+
     async def snapshot_version(self, policy: str) -> int:
         return self._version(self._policy(policy))
 

@@ -442,6 +442,19 @@ class RedisStore(Store):
         )
 
     @_reachable
+    async def snapshot_info(self, policy: str) -> Snapshot | None:
+        meta = await self._redis().hgetall(self._k(policy).snapmeta)
+        if not meta:
+            return None
+        return Snapshot(
+            state=b"",
+            version=int(meta[b"version"]),
+            last_id=meta[b"last_id"].decode(),
+            applied=int(meta[b"applied"]),
+            published_at=float(meta[b"published_at"]),
+        )
+
+    @_reachable
     async def snapshot_version(self, policy: str) -> int:
         return int(await self._redis().hget(self._k(policy).snapmeta, "version") or 0)
 

@@ -36,6 +36,14 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    keep_alive: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="seconds an idle connection is kept open; set it above the idle timeout "
+            "of clients and load balancers, or a request may race the server's close",
+        ),
+    ] = 75,
 ) -> None:
     """Run the HTTP service (uvicorn). Without a Redis URL it runs on the in-process
     store, with its learner in the same process (one worker only)."""
@@ -59,6 +67,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        timeout_keep_alive=keep_alive,
     )
 
 

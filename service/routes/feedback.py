@@ -19,7 +19,10 @@ RETRY_AFTER_S = "1"
 def _unavailable() -> JSONResponse:
     return JSONResponse(
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        content={"detail": "the store is unreachable; feedback was not recorded, retry later"},
+        content={
+            "detail": "the store is unreachable; retry later (a retry of feedback that "
+            "was recorded after all answers 409)"
+        },
         headers={"Retry-After": RETRY_AFTER_S},
     )
 

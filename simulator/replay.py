@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from policies import Policy
 from simulator.data import RoutingData
+from simulator.feedback import FeedbackChannel, FeedbackSpec, Outcome
+from simulator.scenarios import Scenario
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,7 @@ class ReplayResult:
     """Per-step outcomes of one replay, each array shape (n,) in arrival order.
 
     chosen: index into data.models; reward = quality - lam * cost / cost_scale;
-    oracle_reward: the best reward any available model had on that prompt.
+    oracle_reward: the best reward any offered model had on that step.
     """
 
     policy: str
@@ -30,6 +32,8 @@ class ReplayResult:
     cost: np.ndarray
     reward: np.ndarray
     oracle_reward: np.ndarray
+    rewards_all: np.ndarray | None = None  # (n, K): every offered model's reward, else NaN
+    switch: int | None = None  # the step the scenario's change took effect
 
     @property
     def regret(self) -> np.ndarray:
@@ -58,49 +62,117 @@ def replay_online(
     name: str | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    scenario: Scenario | None = None,
+    feedback: FeedbackSpec | None = None,
+    learn: bool = True,
 ) -> ReplayResult:
     """Replay `data` rows in `order` through `policy` (contexts: shape (n, dim)).
 
     Rows with no logged outcome for any model are skipped; a model without an outcome
     on a row is not offered as a candidate there (missing outcomes are never scored 0).
+    `scenario` changes the stream (drift, task-mix shift, a model joining or leaving);
+    `feedback` delays, drops, perturbs or batches what the policy learns from. The
+    reported quality, cost and reward are always the true ones. With learn=False the
+    policy is frozen (the deploy protocol's evaluation).
     """
-    avail = data.available
-    r_all = rewards(data, lam, cost_scale)
-    rows = np.asarray([i for i in order if avail[i].any()], dtype=np.int64)
-    n = len(rows)
-    chosen = np.empty(n, dtype=np.int64)
-    prop = np.empty(n)
+    stream = (scenario or Scenario()).stream(data, order)
+    channel = FeedbackChannel(feedback or FeedbackSpec(), seed=seed)
     models = data.models
     index = {m: k for k, m in enumerate(models)}
-    for t, i in enumerate(rows):
-        cands = [models[k] for k in np.flatnonzero(avail[i])]
+    if stream.joins is not None and stream.joins in policy.models:
+        policy.remove_model(stream.joins)  # it joins at the switch, with a cold start
+    n = len(stream)
+    chosen = np.empty(n, dtype=np.int64)
+    prop = np.empty(n)
+
+    def apply(outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.model not in policy.models:
+                continue  # withdrawn meanwhile: the service's learner skips it too
+            policy.learn(
+                contexts[o.row],
+                o.model,
+                o.quality,
+                o.cost,
+                propensity=o.propensity,
+                cost_weight=lam,
+            )
+
+    for t in range(n):
+        i = int(stream.rows[t])
+        if learn:
+            apply(channel.due(t))
+        if t == stream.switch and stream.joins is not None:
+            policy.add_model(stream.joins)
+        cands = [models[k] for k in np.flatnonzero(stream.offered[t])]
         d = policy.choose(contexts[i], cands, lam, text=data.prompts[i])
         k = index[d.model]
-        policy.learn(
-            contexts[i],
-            d.model,
-            float(data.quality[i, k]),
-            float(data.cost[i, k]),
-            propensity=d.propensity,
-            cost_weight=lam,
-        )
         chosen[t] = k
         prop[t] = d.propensity
+        if learn:
+            channel.send(
+                Outcome(
+                    t,
+                    i,
+                    d.model,
+                    float(stream.quality[t, k]),
+                    float(stream.cost[t, k]),
+                    d.propensity,
+                )
+            )
         if progress is not None:
             progress(1)
-    quality = data.quality[rows, chosen]
-    cost = data.cost[rows, chosen]
+    if learn:
+        apply(channel.flush())
+    steps = np.arange(n)
+    r_all = np.where(stream.offered, stream.quality - lam * stream.cost / cost_scale, np.nan)
     return ReplayResult(
         policy=name or policy.name,
         seed=seed,
-        rows=rows,
+        rows=stream.rows,
         chosen=chosen,
         propensity=prop,
-        quality=quality,
-        cost=cost,
-        reward=r_all[rows, chosen],
-        oracle_reward=np.nanmax(np.where(avail, r_all, np.nan)[rows], axis=1),
+        quality=stream.quality[steps, chosen],
+        cost=stream.cost[steps, chosen],
+        reward=r_all[steps, chosen],
+        oracle_reward=np.nanmax(r_all, axis=1),
+        rewards_all=r_all,
+        switch=stream.switch,
     )
+
+
+def replay_deploy(
+    policy: Policy,
+    contexts: np.ndarray,
+    data: RoutingData,
+    *,
+    lam: float,
+    cost_scale: float,
+    seed: int = 0,
+    name: str | None = None,
+    feedback: FeedbackSpec | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ReplayResult, ReplayResult]:
+    """The deploy protocol: learn online from bandit feedback on the `train` rows (in a
+    seeded order), then freeze the policy and route the `test` rows. Returns the train
+    replay and the frozen evaluation on test."""
+    train = np.flatnonzero(data.split == "train")
+    test = np.flatnonzero(data.split == "test")
+    if not len(train) or not len(test):
+        raise ValueError(f"data {data.name!r} needs rows with split 'train' and 'test'")
+    rng = np.random.default_rng(seed)
+    common = {
+        "lam": lam,
+        "cost_scale": cost_scale,
+        "name": name,
+        "seed": seed,
+        "progress": progress,
+    }
+    learned = replay_online(
+        policy, contexts, data, rng.permutation(train), feedback=feedback, **common
+    )
+    frozen = replay_online(policy, contexts, data, test, learn=False, **common)
+    return learned, frozen
 
 
 def seeded_order(n: int, seed: int) -> np.ndarray:

@@ -74,7 +74,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         max_batch=settings.embed_batch_max,
         max_wait_ms=settings.embed_batch_wait_ms,
     )
-    catalogue = await _catalogue(settings, st)
+    catalogue, catalogue_confirmed = await _catalogue(settings, st)
     if not catalogue:
         raise RuntimeError("models: the catalogue is empty; configure at least one model")
     serving: dict[str, ServingPolicy] = {}
@@ -93,6 +93,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         metrics=Metrics(),
         policies=serving,
         catalogue=catalogue,
+        catalogue_confirmed=catalogue_confirmed,
     )
     batcher.start()
     if settings.run_learner:
@@ -105,7 +106,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
                 every_ms=settings.snapshot_every_ms,
                 lease_ttl_ms=settings.lease_ttl_ms,
                 default_reward=settings.default_reward,
-                models=rt.model_names,
+                models=rt.confirmed_model_names,
             )
             rt.learners.append(learner)
             rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
@@ -113,20 +114,24 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
     return rt
 
 
-async def _catalogue(settings: Settings, st: Store) -> dict[str, ModelPrice]:
+async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPrice], bool]:
+    """The model catalogue, and whether it was read from the store (False: the
+    configured one, as a stand-in while the store is down)."""
     configured = {
         m.name: ModelPrice(m.name, m.input_per_m, m.output_per_m) for m in settings.models
     }
     try:
         stored = await st.get_models()
-        for name, price in configured.items():
-            if name not in stored:  # the config seeds the catalogue; the API owns it after
+        if not stored:
+            # the config seeds an empty catalogue; after that the API owns it, so a
+            # model deleted through the API does not come back with the next restart
+            for price in configured.values():
                 await st.put_model(price)
-                stored[name] = price
-        return dict(stored)
+            stored = dict(configured)
+        return dict(stored), True
     except StoreUnavailable:
         log.warning("store unreachable at start-up: serving the configured catalogue")
-        return configured
+        return configured, False
 
 
 async def _restore(name: str, st: Store, fresh: Any, dim: int) -> ServingPolicy:
@@ -151,10 +156,17 @@ async def _refresh(rt: Runtime) -> None:
             if now - last_catalogue >= 1.0:
                 last_catalogue = now
                 stored = await rt.store.get_models()
-                if stored and stored.keys() != rt.catalogue.keys():
-                    rt.catalogue = dict(stored)
-                    for serving in rt.policies.values():
-                        serving.sync_models(rt.model_names())
+                if not stored and not rt.catalogue_confirmed:
+                    # the store was down at start-up and is empty: seed it now
+                    for price in rt.catalogue.values():
+                        await rt.store.put_model(price)
+                if stored and stored != rt.catalogue:
+                    renamed = stored.keys() != rt.catalogue.keys()
+                    rt.catalogue = dict(stored)  # new prices reach every worker too
+                    if renamed:
+                        for serving in rt.policies.values():
+                            serving.sync_models(rt.model_names())
+                rt.catalogue_confirmed = True
             for name, serving in rt.policies.items():
                 seen = await rt.store.snapshot_version(name)
                 serving.notice_version(rt.store, seen, rt.model_names())

@@ -29,6 +29,24 @@ ConfigOpt = Annotated[
 ]
 
 
+def _settings(config: Path | None) -> Any:
+    """The settings, or a clean CLI error naming what is wrong in the config."""
+    import yaml
+    from pydantic import ValidationError
+
+    from service.settings import load_settings
+
+    try:
+        return load_settings(config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise typer.BadParameter(problems, param_hint="--config") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable, bad TOML or YAML
+        raise typer.BadParameter(f"{config}: {exc}", param_hint="--config") from None
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -50,9 +68,8 @@ def serve(
     import uvicorn
 
     from service.asgi import CONFIG_ENV
-    from service.settings import load_settings
 
-    settings = load_settings(config)
+    settings = _settings(config)
     if workers > 1 and not settings.redis_url:
         raise typer.BadParameter(
             "several workers need a shared store: set redis_url (or BANDITROUTE_REDIS_URL)",
@@ -79,9 +96,8 @@ def learner(config: ConfigOpt = None) -> None:
     import signal
 
     from service.runtime import single_threaded_blas
-    from service.settings import load_settings
 
-    settings = load_settings(config)
+    settings = _settings(config)
     if not settings.redis_url:
         raise typer.BadParameter(
             "a standalone learner needs the shared store: set redis_url", param_hint="--config"
@@ -99,23 +115,26 @@ async def _run_learners(settings: Any, signal: Any) -> None:
     from service.learner import Learner
     from service.serving import build_policy
     from service.store import open_store
+    from service.store.base import StoreUnavailable
 
     store = await open_store(settings.redis_url, settings.state_dir, prefix=settings.key_prefix)
     dim = Featurizer(Embedder(), projection_dim=settings.projection_dim).dim
-    catalogue = list((await store.get_models()).keys()) or [m.name for m in settings.models]
+    configured = [m.name for m in settings.models]
+    # None until the store has answered: a learner must not drop models on a guess
+    catalogue: list[str] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
     async def refresh() -> None:
+        nonlocal catalogue
         while not stop.is_set():
             try:
                 found = await store.get_models()
-                if found:
-                    catalogue[:] = list(found)
-            except Exception:  # noqa: BLE001 - an outage is the learner's to report
-                pass
+                catalogue = list(found) if found else catalogue or configured
+            except StoreUnavailable:
+                pass  # the learners report the outage
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
@@ -125,12 +144,12 @@ async def _run_learners(settings: Any, signal: Any) -> None:
         Learner(
             store,
             name,
-            lambda n=name, c=cfg: build_policy(n, c, list(catalogue), dim),
+            lambda n=name, c=cfg: build_policy(n, c, catalogue or configured, dim),
             every_n=settings.snapshot_every_n,
             every_ms=settings.snapshot_every_ms,
             lease_ttl_ms=settings.lease_ttl_ms,
             default_reward=settings.default_reward,
-            models=lambda: list(catalogue),
+            models=lambda: None if catalogue is None else list(catalogue),
         )
         for name, cfg in settings.policies.items()
     ]
@@ -146,11 +165,10 @@ def models(config: ConfigOpt = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from service.settings import load_settings
     from service.store import open_store
     from service.store.base import ModelPrice, StoreUnavailable
 
-    settings = load_settings(config)
+    settings = _settings(config)
 
     async def fetch() -> dict[str, ModelPrice]:
         found: dict[str, ModelPrice] = {}

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies import Policy, PolicyError, load_policy
-from service.store.base import FeedbackEvent, Snapshot, Store, StoreUnavailable
+from service.store.base import (
+    NOT_HELD,
+    TAKEN,
+    FeedbackEvent,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("banditroute.learner")
 
@@ -47,7 +54,7 @@ class Learner:
 
     fresh: builds the cold-start policy when no snapshot exists.
     models: returns the current catalogue (model names), so registered models join
-    the policy and deleted ones leave it.
+    the policy and deleted ones leave it; None while the catalogue is not known.
     """
 
     def __init__(
@@ -60,7 +67,7 @@ class Learner:
         every_ms: int = 1000,
         lease_ttl_ms: int = 5000,
         default_reward: float | None = None,
-        models: Callable[[], list[str]] | None = None,
+        models: Callable[[], list[str] | None] | None = None,
         owner: str | None = None,
     ) -> None:
         self.store = store
@@ -86,22 +93,40 @@ class Learner:
                 log.warning("learner %s: store unavailable (%s); retrying", self.name, exc)
                 self._drop()
                 await _sleep_or_stop(stop, 1.0)
+            except Exception:
+                # a learner that dies silently leaves the service accepting feedback it
+                # never learns from: log, start over from the snapshot, keep going
+                log.exception("learner %s: unexpected error; restarting from snapshot", self.name)
+                self._drop()
+                await _sleep_or_stop(stop, 1.0)
             if not self.stats.holds_lease:
                 await _sleep_or_stop(stop, self.lease_ttl_ms / 3000)
         if self.stats.holds_lease:
             try:
-                await self._publish()
+                await self.drain()
                 await self.store.release_lease(self.name, self.owner)
             except StoreUnavailable:
                 pass
 
+    async def drain(self) -> None:
+        """Apply what the stream still holds and publish it: at a graceful stop the
+        in-process store keeps only the snapshot, so nothing accepted may stay unread."""
+        while self._policy is not None:
+            batch = await self.store.read_feedback(self.name, self.stats.last_id, READ_BATCH)
+            if not batch:
+                break
+            await asyncio.to_thread(self._apply, batch)
+        await self._publish()
+
     async def step(self) -> None:
         """One round: keep the lease, read and apply a batch, sweep, maybe publish."""
-        holds = await self.store.acquire_lease(self.name, self.owner, self.lease_ttl_ms)
-        if not holds:
+        lease = await self.store.acquire_lease(self.name, self.owner, self.lease_ttl_ms)
+        if lease == NOT_HELD:
             self._drop()
             return
-        if not self.stats.holds_lease or self._policy is None:
+        # TAKEN after holding it means the lease lapsed meanwhile (a stall): another
+        # learner may have published since, so our state is stale
+        if lease == TAKEN or not self.stats.holds_lease or self._policy is None:
             await self._take_over()
         assert self._policy is not None
         self._sync_models()
@@ -137,6 +162,10 @@ class Learner:
                 # e.g. the model was deleted meanwhile: skip the event, never stall
                 self.stats.rejected += 1
                 log.warning("learner %s: event %s skipped: %s", self.name, ev.event_id, exc)
+            except Exception:
+                # one event the policy cannot take must not block the stream for good
+                self.stats.rejected += 1
+                log.exception("learner %s: event %s skipped", self.name, ev.event_id)
             self.stats.last_id = entry_id
             self._dirty += 1
 
@@ -168,6 +197,8 @@ class Learner:
         if self.models is None or self._policy is None:
             return
         catalogue = self.models()
+        if catalogue is None:  # not known for sure yet (store unread): change nothing
+            return
         known = set(self._policy.models)
         for m in catalogue:
             if m not in known:

@@ -25,6 +25,12 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     store_ok: bool = True
+    catalogue_confirmed: bool = True
 
     def model_names(self) -> list[str]:
         return list(self.catalogue)
+
+    def confirmed_model_names(self) -> list[str] | None:
+        """The catalogue for the learner, or None while it is only the configured
+        stand-in: the learner must never drop a learned model on a guess."""
+        return self.model_names() if self.catalogue_confirmed else None

@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+JudgeScale = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+MAX_CALL_USD = 1000.0  # one LLM call; anything above is a unit mistake
+MAX_TOKENS = 100_000_000
 PolicyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
@@ -69,12 +71,13 @@ class FeedbackRequest(BaseModel):
     event_id: str = Field(min_length=1, max_length=200)
     quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     thumbs: Literal["up", "down"] | None = None
-    score: Finite | None = None
-    score_min: Finite = 0.0
-    score_max: Finite = 10.0
-    cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
-    completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    score: JudgeScale | None = None
+    score_min: JudgeScale = 0.0
+    score_max: JudgeScale = 10.0
+    # bounds keep one absurd value from swamping the policy's cost statistics
+    cost_usd: Annotated[float, Field(ge=0, le=MAX_CALL_USD, allow_inf_nan=False)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = None
     source: Literal["user", "judge"] = "user"
 
     @model_validator(mode="after")
@@ -119,8 +122,8 @@ class ModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")
-    input_per_m: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    output_per_m: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    input_per_m: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    output_per_m: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 
 
 class ModelOut(ModelIn):

@@ -12,6 +12,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
 )
 
 
@@ -92,14 +93,18 @@ class Settings(BaseSettings):
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from keyword overrides, then the environment, then a TOML file."""
+    """Settings from keyword overrides, then the environment, then a config file
+    (TOML, or YAML for a .yaml / .yml name)."""
     if config is None:
         return Settings(**overrides)
     if not Path(config).is_file():
         raise FileNotFoundError(f"config file {config} does not exist")
+    yaml = Path(config).suffix.lower() in (".yaml", ".yml")
 
     class FromFile(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config})
+        model_config = SettingsConfigDict(
+            **{**Settings.model_config, f"{'yaml' if yaml else 'toml'}_file": config}
+        )
 
         @classmethod
         def settings_customise_sources(
@@ -110,6 +115,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if yaml:
+                return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
             return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     return FromFile(**overrides)

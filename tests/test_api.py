@@ -248,6 +248,25 @@ def test_bad_input_is_refused_and_changes_nothing(client: TestClient) -> None:
             "prompt_tokens",
         ),
         ("/v1/feedback", {"event_id": eid, "quality": 0.5, "cost_usd": -1}, 422, "cost_usd"),
+        ("/v1/feedback", {"event_id": eid, "quality": 0.5, "cost_usd": 1e308}, 422, "cost_usd"),
+        (
+            "/v1/feedback",
+            {"event_id": eid, "quality": 0.5, "prompt_tokens": 10**40, "completion_tokens": 1},
+            422,
+            "prompt_tokens",
+        ),
+        (
+            "/v1/feedback",
+            {
+                "event_id": eid,
+                "score": 1e308,
+                "score_min": -1e308,
+                "score_max": 1e308,
+                "cost_usd": 0,
+            },
+            422,
+            "score",
+        ),
         (
             "/v1/feedback",
             {"event_id": "default.nope", "quality": 0.5, "cost_usd": 0},

@@ -170,3 +170,52 @@ def test_stale_learner_cannot_publish(store_factory: type) -> None:
         await store.close()
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_a_learner_whose_lease_lapsed_reloads_before_publishing(store_factory: type) -> None:
+    """A stalls past its lease, B takes over, publishes and leaves; when A takes the
+    free lease again it must start from B's snapshot, not from its own stale state."""
+
+    async def main() -> None:
+        store = store_factory()
+        await feed(store, 30)
+        a = learner(store, "a")
+        await a.step()
+        await a.step()
+        await a._publish()
+        await asyncio.sleep(0.4)  # a stalls; its lease lapses
+        b = learner(store, "b")
+        await feed(store, 20, start=30)
+        await b.step()
+        await b.step()
+        await b._publish()
+        await store.release_lease(POLICY, "b")
+        assert (await store.load_snapshot(POLICY)).applied == 50  # type: ignore[union-attr]
+        await feed(store, 10, start=50)
+        await a.step()  # takes the free lease: must reload B's state first
+        await a._publish()
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None and snap.applied == 60
+        assert sum(s.pulls for s in load_policy(snap.state).stats().values()) == 60
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_a_graceful_stop_applies_everything_accepted(store_factory: type) -> None:
+    async def main() -> None:
+        store = store_factory()
+        a = learner(store, "a")
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.run(stop))
+        await feed(store, 10)
+        assert await wait_applied(store, 10) == 10
+        await feed(store, 40, start=10)
+        stop.set()  # at once: the 40 may not have been read yet
+        await task
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None and snap.applied == 50
+        assert await store.feedback_pending(POLICY) == 0
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))

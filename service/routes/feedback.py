@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 
 from service.deps import ClientAuth, RuntimeDep
-from service.schemas import FeedbackRequest, FeedbackResponse
+from service.schemas import MAX_CALL_USD, FeedbackRequest, FeedbackResponse
 from service.store.base import FeedbackEvent, FeedbackOutcome, StoreUnavailable
 
 router = APIRouter(prefix="/v1", tags=["routing"])
@@ -60,6 +60,12 @@ async def feedback(
             )
         assert req.prompt_tokens is not None and req.completion_tokens is not None
         cost = price.cost(req.prompt_tokens, req.completion_tokens)
+        if not cost <= MAX_CALL_USD:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"prompt_tokens, completion_tokens: priced at {cost:.4g} USD, above the "
+                f"per-call limit of {MAX_CALL_USD:g} USD",
+            )
     quality = req.quality_value()
     event = FeedbackEvent.join(rec, quality=quality, cost_usd=cost, source=req.source, now=now)
     try:

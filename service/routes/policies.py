@@ -17,9 +17,11 @@ router = APIRouter(prefix="/v1/policies", tags=["policies"])
 async def progress(rt: Runtime, name: str) -> tuple[Snapshot | None, int, int, float | None]:
     """The published snapshot's metadata, feedback ever appended, feedback not yet in
     a snapshot, and the snapshot's age while feedback waits; also sets the gauges."""
-    snap = await rt.store.snapshot_info(name)
+    # this order makes "nothing waiting" safe to read: every event appended before
+    # the pending count was taken is in the snapshot read after it
     total = await rt.store.feedback_total(name)
-    waiting = max(0, total - (snap.applied if snap else 0))
+    waiting = await rt.store.feedback_pending(name)
+    snap = await rt.store.snapshot_info(name)
     lag = None
     if snap is not None:
         lag = max(0.0, time.time() - snap.published_at) if waiting else 0.0

@@ -46,6 +46,10 @@ def parse_stream_id(entry_id: str) -> tuple[int, int]:
     return parsed
 
 
+# what acquire_lease answers
+NOT_HELD, RENEWED, TAKEN = 0, 1, 2
+
+
 class FeedbackOutcome(enum.Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"  # the decision already has its feedback -> HTTP 409
@@ -222,12 +226,18 @@ class Store(ABC):
     async def feedback_total(self, policy: str) -> int:
         """Feedback events ever appended to the policy's stream."""
 
+    @abstractmethod
+    async def feedback_pending(self, policy: str) -> int:
+        """Events on the stream that no published snapshot contains yet (publishing
+        trims what a snapshot contains, so this is the stream's length)."""
+
     # ---- snapshots and lease ----------------------------------------------
     @abstractmethod
     async def publish_snapshot(self, policy: str, snap: Snapshot, owner: str | None) -> bool:
         """Store `snap` as the policy's current state. With an `owner`, only while that
-        owner holds the learner lease (a fencing check in the same atomic step); returns
-        False, storing nothing, otherwise. Entries up to snap.last_id may be trimmed."""
+        owner holds the learner lease and snap.version is the published version + 1
+        (fencing and compare-and-set in the same atomic step); returns False, storing
+        nothing, otherwise. Entries up to snap.last_id may be trimmed."""
 
     @abstractmethod
     async def load_snapshot(self, policy: str) -> Snapshot | None: ...
@@ -240,8 +250,10 @@ class Store(ABC):
         """The published snapshot's metadata without its state bytes (state=b"")."""
 
     @abstractmethod
-    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
-        """Take the learner lease if free, or renew it if `owner` holds it."""
+    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> int:
+        """Take the learner lease if free (TAKEN), renew it if `owner` holds it
+        (RENEWED), else NOT_HELD. TAKEN means the owner's view may be stale: someone
+        else may have held the lease and published since."""
 
     @abstractmethod
     async def release_lease(self, policy: str, owner: str) -> None: ...

@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from service.store.base import (
+    NOT_HELD,
+    RENEWED,
+    TAKEN,
     DecisionRecord,
     FeedbackEvent,
     FeedbackOutcome,
@@ -165,6 +168,9 @@ class MemoryStore(Store):
             (f"{i[0]}-{i[1]}", FeedbackEvent.decode(f)) for i, f in self._after(st, after, count)
         ]
 
+    async def feedback_pending(self, policy: str) -> int:
+        return len(self._policy(policy).stream)
+
     async def feedback_total(self, policy: str) -> int:
         return self._policy(policy).total
 
@@ -172,7 +178,9 @@ class MemoryStore(Store):
     async def publish_snapshot(self, policy: str, snap: Snapshot, owner: str | None) -> bool:
         st = self._policy(policy)
         last = parse_stream_id(snap.last_id)
-        if owner is not None and self._holder(st) != owner:
+        if owner is not None and (
+            self._holder(st) != owner or snap.version != self._version(st) + 1
+        ):
             return False
         st.snap = snap
         st.meta = _header(snap)
@@ -205,13 +213,13 @@ class MemoryStore(Store):
     async def snapshot_version(self, policy: str) -> int:
         return self._version(self._policy(policy))
 
-    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
+    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> int:
         st = self._policy(policy)
         holder = self._holder(st)
         if holder is not None and holder != owner:
-            return False
+            return NOT_HELD
         st.lease = (owner, time.monotonic() + ttl_ms / 1000)
-        return True
+        return RENEWED if holder == owner else TAKEN
 
     async def release_lease(self, policy: str, owner: str) -> None:
         st = self._policy(policy)

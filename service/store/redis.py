@@ -103,7 +103,11 @@ return 1
 # KEYS: snap, snapmeta, stream, lease.
 # ARGV: fenced ("1"/"0"), owner, state, version, last_id, applied, published_at, minid.
 _PUBLISH = """
-if ARGV[1] == '1' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
+if ARGV[1] == '1' then
+  if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
+  local current = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+  if current + 1 ~= tonumber(ARGV[4]) then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('HSET', KEYS[2], 'version', ARGV[4], 'last_id', ARGV[5],
            'applied', ARGV[6], 'published_at', ARGV[7])
@@ -111,12 +115,12 @@ if ARGV[8] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[8]) end
 return 1
 """
 
-# KEYS: lease. ARGV: owner, ttl_ms.
+# KEYS: lease. ARGV: owner, ttl_ms. Returns 2 taken, 1 renewed, 0 held by another.
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return 2
 end
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -401,6 +405,10 @@ class RedisStore(Store):
         ]
 
     @_reachable
+    async def feedback_pending(self, policy: str) -> int:
+        return int(await self._redis().xlen(self._k(policy).stream))
+
+    @_reachable
     async def feedback_total(self, policy: str) -> int:
         return int(await self._redis().get(self._k(policy).fbtotal) or 0)
 
@@ -459,11 +467,11 @@ class RedisStore(Store):
         return int(await self._redis().hget(self._k(policy).snapmeta, "version") or 0)
 
     @_reachable
-    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> bool:
+    async def acquire_lease(self, policy: str, owner: str, ttl_ms: int) -> int:
         if not owner or ttl_ms <= 0:
             raise ValueError(f"lease needs an owner and ttl_ms > 0, got {owner!r}, {ttl_ms}")
         lease = self._k(policy).lease
-        return bool(await self._lua().acquire(keys=[lease], args=[owner, ttl_ms]))
+        return int(await self._lua().acquire(keys=[lease], args=[owner, ttl_ms]))
 
     @_reachable
     async def release_lease(self, policy: str, owner: str) -> None:

@@ -21,6 +21,7 @@ from service.embedder import Embedder
 from service.features import Featurizer
 from service.learner import Learner
 from service.metrics import Metrics
+from service.middleware import LimitsAndMetrics
 from service.routes import feedback, health, models, policies, route
 from service.runtime import single_threaded_blas
 from service.runtime_state import Runtime
@@ -197,22 +198,11 @@ def _field(loc: tuple[Any, ...]) -> str:
 def _install_handlers(app: FastAPI, settings: Settings) -> None:
     body_limit = settings.max_query_chars * 4 + 65536
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > body_limit:
-            return JSONResponse(
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                content={"detail": f"body: {length} bytes exceeds the limit of {body_limit}"},
-            )
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        rt: Runtime | None = getattr(request.app.state, "runtime", None)
-        if rt is not None:
-            path = request.scope.get("route").path if request.scope.get("route") else "other"
-            rt.metrics.latency.labels(path).observe(time.perf_counter() - t0)
-            rt.metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    def current_metrics() -> Metrics | None:
+        rt: Runtime | None = getattr(app.state, "runtime", None)
+        return None if rt is None else rt.metrics
+
+    app.add_middleware(LimitsAndMetrics, body_limit=body_limit, metrics=current_metrics)
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,7 +13,9 @@ from service.runtime_state import Runtime
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+# The dependencies are async although they never await: FastAPI runs a plain `def`
+# dependency in a worker thread, a hop that costs more than the check itself.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -49,11 +51,11 @@ def _role(runtime: Runtime, creds: HTTPAuthorizationCredentials | None) -> str |
     )
 
 
-def require_client(runtime: RuntimeDep, creds: Credentials) -> str | None:
+async def require_client(runtime: RuntimeDep, creds: Credentials) -> str | None:
     return _role(runtime, creds)
 
 
-def require_admin(runtime: RuntimeDep, creds: Credentials) -> str | None:
+async def require_admin(runtime: RuntimeDep, creds: Credentials) -> str | None:
     role = _role(runtime, creds)
     if role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin key")

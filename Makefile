@@ -34,3 +34,4 @@ lint: setup
 bench: setup
 	$(PY) -m benchmarks.policies
 	$(PY) -m benchmarks.embedder
+	$(PY) -m benchmarks.load

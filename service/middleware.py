@@ -8,13 +8,15 @@ import json
 import time
 from typing import Any
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 
 
 class LimitsAndMetrics:
-    """Refuse bodies over `body_limit` bytes (413, by their Content-Length) and record
+    """Refuse bodies over `body_limit` bytes (413: by their Content-Length, or as a
+    chunked body grows past it) and record
     every request's latency and status under its route's path template."""
 
     def __init__(self, app: ASGIApp, body_limit: int, metrics: Any) -> None:
@@ -38,6 +40,20 @@ class LimitsAndMetrics:
                 break
         t0 = time.perf_counter()
         status = 500
+        received = 0
+
+        async def bounded_receive() -> Message:
+            # a chunked body has no Content-Length to check up front: count as it comes
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.body_limit:
+                    # FastAPI passes an HTTPException from reading the body through
+                    raise HTTPException(
+                        413, f"body: more than {self.body_limit} bytes exceeds the limit"
+                    )
+            return message
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -46,7 +62,7 @@ class LimitsAndMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, bounded_receive, send_status)
         finally:
             metrics: Metrics | None = self.metrics()
             if metrics is not None:

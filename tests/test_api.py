@@ -298,6 +298,23 @@ def test_bad_input_is_refused_and_changes_nothing(client: TestClient) -> None:
     assert _settled_status(client, want_applied=before[1] + 1)["updates_applied"] == before[1] + 1
 
 
+def test_chunked_body_over_the_limit_is_413(tmp_path: Path, embedder: Embedder) -> None:
+    settings = make_settings(tmp_path, max_query_chars=1000)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"query": "'
+        for _ in range(100):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    with TestClient(create_app(settings, embedder=embedder)) as c:
+        r = c.post("/v1/route", content=chunks(), headers={"content-type": "application/json"})
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+        # refused while reading, not after parsing a 1 MB query
+        assert r.status_code == 413 and _detail(r).startswith("body:"), r.text
+        assert _route(c, "still fine")["event_id"]
+
+
 def test_expired_event_is_404(tmp_path: Path, embedder: Embedder) -> None:
     settings = make_settings(tmp_path, decision_ttl_s=0.3)
     with TestClient(create_app(settings, embedder=embedder)) as c:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -39,10 +39,6 @@ def replay(
     """Replay logged outcomes online through the bandits and static routers, and print
     mean quality, cost, reward and regret against the oracle (95% intervals over seeds)."""
     from policies import make_policy
-    from service.embedder import Embedder
-    from service.features import Featurizer
-    from simulator.data import load_routing_data
-    from simulator.embeddings import embed_texts
     from simulator.replay import (
         cost_scale_of,
         progress_bar,
@@ -52,14 +48,7 @@ def replay(
     )
 
     console = Console()
-    rd = load_routing_data(data)
-    if limit:
-        rd = rd.subset(np.arange(min(limit, len(rd))))
-    embedder = Embedder()
-    emb = embed_texts(rd.prompts, embedder, cache_dir=cache_dir)
-    featurizer = Featurizer(embedder, projection_dim=projection_dim or None)
-    lengths = np.fromiter((len(p) for p in rd.prompts), dtype=np.float64)
-    X = featurizer.transform_embeddings(emb, lengths)
+    rd, X = _contexts(data, limit, projection_dim, cache_dir)
     scale = cost_scale_of(rd)
     r = rewards(rd, cost_weight, scale)
     best = rd.models[int(np.nanargmax(np.nanmean(r, axis=0)))]
@@ -118,6 +107,158 @@ def replay(
             str(mean_ci([x.reward[-third:].mean() for x in runs])),
         )
     console.print(table)
+
+
+@app.command()
+def simulate(
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="RouterBench table (.parquet/.pkl/.csv)"),
+    ],
+    out: Annotated[Path, typer.Option(help="directory for report.md and the PNG plots")] = Path(
+        "out/simulate"
+    ),
+    policies: Annotated[
+        str, typer.Option(help="learning policies: linucb, thompson, vw, vw-epsilon")
+    ] = "linucb,thompson,vw,vw-epsilon",
+    supervised: Annotated[
+        str, typer.Option(help="supervised references: knn, ridge, mf (empty: none)")
+    ] = "knn,ridge,mf",
+    seeds: Annotated[int, typer.Option(min=1, help="replays per router")] = 3,
+    cost_weight: Annotated[float, typer.Option(min=0.0, help="lambda of the online run")] = 0.2,
+    lams: Annotated[
+        str, typer.Option(help="lambda sweep of the deploy protocol (the frontier)")
+    ] = "0,0.1,0.2,0.5,1,2,5",
+    projection_dim: Annotated[int, typer.Option(min=0, help="0 keeps 384")] = 64,
+    limit: Annotated[int, typer.Option(min=0, help="use only the first N prompts (0: all)")] = 0,
+    cache_dir: Annotated[Path, typer.Option(help="embedding cache")] = Path(".cache/embeddings"),
+    ope_log: Annotated[
+        str, typer.Option(help="the router whose logged propensities OPE uses")
+    ] = "random",
+) -> None:
+    """Every router side by side: the online protocol (regret, cost, traffic share), the
+    deploy protocol over a lambda sweep (frontier, AIQ, cost at 95%/100% of the best
+    model's quality) with supervised references and the oracle, off-policy estimates of
+    the static routers, and drift and new-model scenarios. Writes OUT/report.md and PNGs."""
+    from simulator.replay import cost_scale_of, progress_bar, replay_online, seeded_order
+    from simulator.report import write_report
+    from simulator.scenarios import Scenario
+    from simulator.simulate import (
+        build,
+        learning_spec,
+        off_policy,
+        run_deploy,
+        run_online,
+        static_specs,
+    )
+
+    console = Console()
+    rd, X = _contexts(data, limit, projection_dim, cache_dir)
+    scale = cost_scale_of(rd)
+    try:
+        learning = [learning_spec(p.strip()) for p in policies.split(",") if p.strip()]
+        sup = [s.strip() for s in supervised.split(",") if s.strip()]
+        sweep = [float(v) for v in lams.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    statics = static_specs(rd, cost_weight, scale)
+    if ope_log not in {s.name for s in learning + statics}:
+        raise typer.BadParameter(f"{ope_log!r} is not a router of this run", param_hint="--ope-log")
+    has_split = {"train", "test"} <= set(rd.split.tolist())
+    deploy_steps = int((rd.split == "train").sum() + (rd.split == "test").sum())
+    total = (len(learning) + len(statics)) * seeds * len(rd) + len(rd) * (2 + len(statics))
+    if has_split:
+        total += len(learning) * len(sweep) * seeds * deploy_steps
+    bar = progress_bar(total, "simulating")
+    online = run_online(
+        rd,
+        X,
+        learning + statics,
+        seeds=seeds,
+        lam=cost_weight,
+        cost_scale=scale,
+        progress=bar.update,
+    )
+    deploy = None
+    if has_split:
+        deploy = run_deploy(
+            rd,
+            X,
+            learning,
+            sup,
+            lams=sweep,
+            seeds=seeds,
+            cost_scale=scale,
+            progress=bar.update,
+        )
+    # drift and a new model, on the first learning policy: the best model in hindsight
+    # halves its quality midway / is held back until midway
+    scenarios = {}
+    if learning:
+        best = next(s.params["model"] for s in statics if s.name.startswith("best fixed"))
+        for label, sc in (
+            ("drift", Scenario("drift", at=0.5, model=best, factor=0.5)),
+            ("new-model", Scenario("new", at=0.5, model=best)),
+        ):
+            policy = build(learning[0], rd, X.shape[1], 0, cost_weight, scale)
+            scenarios[f"{label} ({learning[0].name}, {best})"] = replay_online(
+                policy,
+                X,
+                rd,
+                seeded_order(len(rd), 0),
+                lam=cost_weight,
+                cost_scale=scale,
+                scenario=sc,
+                name=learning[0].name,
+                progress=bar.update,
+            )
+    # off-policy: the static routers valued from one replay's logged propensities; the
+    # random router logs with full support, a deterministic bandit's ε floor gives tiny
+    # propensities (and the report's ESS column shows what that costs)
+    log = online.runs[ope_log][0]
+    truth = {s.name: float(np.mean(online.runs[s.name][0].reward)) for s in statics}
+    ope = off_policy(log, rd, X, [s for s in statics if s.name != ope_log], truth)
+    bar.update(len(rd) * len(statics))
+    bar.close()
+    report = write_report(
+        out,
+        f"Simulation of {rd.name}: {len(rd)} prompts, {len(rd.models)} models, {seeds} seeds",
+        online,
+        deploy,
+        ope,
+        scenarios,
+        rd.models,
+        [s.name for s in learning],
+        ope_log=ope_log,
+    )
+    table = Table(title=f"online replay of {rd.name}, lambda={cost_weight} (mean ± 95% CI)")
+    for col in ("router", "quality", "USD / 1k", "reward", "regret vs oracle"):
+        table.add_column(col, justify="right")
+    for name, m in online.summary().items():
+        table.add_row(
+            name, str(m["quality"]), str(m["usd_per_1k"]), str(m["reward"]), str(m["regret_oracle"])
+        )
+    console.print(table)
+    console.print(f"report: {report}")
+
+
+def _contexts(
+    data: Path, limit: int, projection_dim: int, cache_dir: Path
+) -> tuple[Any, np.ndarray]:
+    """The routing table and its policy contexts, embedded once through the cache."""
+    from service.embedder import Embedder
+    from service.features import Featurizer
+    from simulator.data import load_routing_data
+    from simulator.embeddings import embed_texts
+
+    rd = load_routing_data(data)
+    if limit:
+        rd = rd.subset(np.arange(min(limit, len(rd))))
+    embedder = Embedder()
+    emb = embed_texts(rd.prompts, embedder, cache_dir=cache_dir)
+    featurizer = Featurizer(embedder, projection_dim=projection_dim or None)
+    lengths = np.fromiter((len(p) for p in rd.prompts), dtype=np.float64)
+    return rd, featurizer.transform_embeddings(emb, lengths)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from service.settings import ModelConfig, PolicyConfig, Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -33,3 +35,19 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)
+
+
+def redis_up(url: str = REDIS_URL) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_timeout=1) as r:
+            return bool(r.ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+def drop_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every key a test run wrote under `prefix`."""
+    with redis.Redis.from_url(url) as r:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i : i + 500])

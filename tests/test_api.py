@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.embedder import Embedder
 from service.settings import ModelConfig, PolicyConfig
-from tests.service_helpers import REDIS_URL, SHARED, make_settings
+from tests.service_helpers import REDIS_URL, SHARED, drop_prefix, make_settings, redis_up
 
 pytestmark = pytest.mark.slow
 
@@ -37,28 +36,13 @@ def embedder() -> Embedder:
     return emb
 
 
-def _redis_up() -> bool:
-    try:
-        with redis.Redis.from_url(REDIS_URL, socket_timeout=1) as r:
-            return bool(r.ping())
-    except redis.exceptions.RedisError:
-        return False
-
-
-def _drop_prefix(prefix: str) -> None:
-    with redis.Redis.from_url(REDIS_URL) as r:
-        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            r.delete(*keys)
-
-
 @pytest.fixture(params=["memory", "redis"])
 def client(
     request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
 ) -> Iterator[TestClient]:
     overrides: dict[str, Any] = {}
     if request.param == "redis":
-        if not _redis_up():
+        if not redis_up():
             pytest.fail(f"no Redis answers at {REDIS_URL}; CI starts one")
         overrides["redis_url"] = REDIS_URL
     settings = make_settings(tmp_path, **overrides)
@@ -67,7 +51,7 @@ def client(
             yield c
     finally:
         if request.param == "redis":
-            _drop_prefix(settings.key_prefix)
+            drop_prefix(settings.key_prefix)
 
 
 def _route(c: TestClient, query: str = "What is the capital of France?", **extra: Any) -> Any:

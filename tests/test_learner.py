@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from policies import Policy, load_policy, make_policy
 from service.learner import Learner
 from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Store
-from tests.service_helpers import REDIS_URL
+from tests.service_helpers import REDIS_URL, drop_prefix
 
 POLICY = "pol"
 MODELS = ["cheap", "strong"]
@@ -39,10 +38,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ty
 
     yield make  # type: ignore[misc]
     if request.param == "redis":
-        with redis.Redis.from_url(REDIS_URL) as r:
-            keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-            if keys:
-                r.delete(*keys)
+        drop_prefix(prefix)
 
 
 async def feed(store: Store, n: int, start: int = 0) -> None:

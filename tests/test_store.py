@@ -39,6 +39,7 @@ from service.store import (
 )
 from service.store.base import parse_stream_id
 from service.store.redis import _min_id_after
+from tests.service_helpers import redis_up
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 RUN_ID = uuid.uuid4().hex[:8]
@@ -46,14 +47,6 @@ POLICY = "alpha"
 DIM = 8
 
 Body = Callable[[Store], Awaitable[None]]
-
-
-def _shared_redis_up() -> bool:
-    try:
-        with redis.Redis.from_url(SHARED_URL, socket_timeout=1) as r:
-            return bool(r.ping())
-    except redis.exceptions.RedisError:
-        return False
 
 
 class Backend:
@@ -92,7 +85,7 @@ class Backend:
 
 
 def _backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
-    if kind == "redis" and not _shared_redis_up():
+    if kind == "redis" and not redis_up(SHARED_URL):
         pytest.skip(f"no Redis answering at {SHARED_URL}")
     b = Backend(kind, tmp_path)
     try:

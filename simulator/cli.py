@@ -246,6 +246,12 @@ def _contexts(
     data: Path, limit: int, projection_dim: int, cache_dir: Path
 ) -> tuple[Any, np.ndarray]:
     """The routing table and its policy contexts, embedded once through the cache."""
+    rd, featurize = _embedded(data, limit, cache_dir)
+    return rd, featurize(projection_dim)
+
+
+def _embedded(data: Path, limit: int, cache_dir: Path) -> tuple[Any, Any]:
+    """The routing table and a function from projection dim (0: none) to its contexts."""
     from service.embedder import Embedder
     from service.features import Featurizer
     from simulator.data import load_routing_data
@@ -256,9 +262,135 @@ def _contexts(
         rd = rd.subset(np.arange(min(limit, len(rd))))
     embedder = Embedder()
     emb = embed_texts(rd.prompts, embedder, cache_dir=cache_dir)
-    featurizer = Featurizer(embedder, projection_dim=projection_dim or None)
     lengths = np.fromiter((len(p) for p in rd.prompts), dtype=np.float64)
-    return rd, featurizer.transform_embeddings(emb, lengths)
+
+    def featurize(dim: int) -> np.ndarray:
+        featurizer = Featurizer(embedder, projection_dim=dim or None)
+        return featurizer.transform_embeddings(emb, lengths)
+
+    return rd, featurize
+
+
+@app.command()
+def tune(
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="RouterBench table (.parquet/.pkl/.csv)"),
+    ],
+    out: Annotated[Path, typer.Option(help="directory for tune.md, tune.csv, config.yaml")] = Path(
+        "out/tune"
+    ),
+    policies: Annotated[
+        str, typer.Option(help="learning policies: linucb, thompson, vw, vw-epsilon")
+    ] = "linucb,thompson,vw,vw-epsilon",
+    alpha: Annotated[str, typer.Option(help="LinUCB exploration widths")] = "0.1,0.3,1",
+    v: Annotated[str, typer.Option(help="Thompson posterior variance scales")] = "0.1,0.3,1",
+    epsilon: Annotated[str, typer.Option(help="VW epsilon-greedy rates")] = "0.02,0.05,0.1",
+    gamma_scale: Annotated[str, typer.Option(help="VW SquareCB gamma scales")] = "10,100",
+    gamma: Annotated[
+        str, typer.Option(help="forgetting factors of LinUCB/Thompson (1: none)")
+    ] = "1,0.999",
+    projection_dims: Annotated[str, typer.Option(help="embedding projections (0: 384)")] = "32,64",
+    learn_lams: Annotated[
+        str, typer.Option(help="lambda the policy routes with while learning")
+    ] = "0.1,0.2,0.5",
+    cost_weight: Annotated[
+        float, typer.Option(min=0.0, help="target lambda: the reward every setting is scored by")
+    ] = 0.2,
+    seeds: Annotated[int, typer.Option(min=1, help="replays per setting")] = 2,
+    prices: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="CSV name,input_price,output_price (USD/1M tokens): models in the config",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=0, help="use only the first N prompts (0: all)")] = 0,
+    cache_dir: Annotated[Path, typer.Option(help="embedding cache")] = Path(".cache/embeddings"),
+) -> None:
+    """Grid search of exploration settings (alpha, Thompson v, epsilon, gamma, projection
+    dim, lambda while learning) by online replay of the train split over seeds. Writes
+    the best as OUT/config.yaml (loadable by `serve --config`), and a sensitivity table."""
+    from simulator.replay import cost_scale_of, progress_bar
+    from simulator.tune import grid, run_tune
+    from simulator.tune_report import write_tune_report
+
+    console = Console()
+    try:
+        values = {
+            "alpha": _floats(alpha),
+            "v": _floats(v),
+            "epsilon": _floats(epsilon),
+            "gamma_scale": _floats(gamma_scale),
+            "gamma": _floats(gamma),
+        }
+        points = grid(
+            [p.strip() for p in policies.split(",") if p.strip()],
+            values,
+            [int(d) for d in _floats(projection_dims)],
+            _floats(learn_lams),
+        )
+        models = _price_table(prices) if prices else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    rd, featurize = _embedded(data, limit, cache_dir)
+    if (rd.split == "train").any():
+        rd_train = rd.subset(np.flatnonzero(rd.split == "train"))
+        rows = np.flatnonzero(rd.split == "train")
+    else:
+        rd_train, rows = rd, np.arange(len(rd))
+    scale = cost_scale_of(rd_train)
+    bar = progress_bar(len(points) * seeds * len(rd_train), f"tuning {len(points)} settings")
+    result = run_tune(
+        points,
+        lambda dim: featurize(dim)[rows],
+        rd_train,
+        target_lam=cost_weight,
+        cost_scale=scale,
+        seeds=seeds,
+        progress=bar.update,
+    )
+    bar.close()
+    report, config = write_tune_report(
+        result,
+        out,
+        f"Tuning on {rd.name} (train split: {len(rd_train)} prompts, {len(rd.models)} models)",
+        models,
+    )
+    table = Table(title=f"best settings per policy, target lambda={cost_weight} (mean ± 95% CI)")
+    for col in ("policy", "setting", "reward"):
+        table.add_column(col)
+    for kind in dict.fromkeys(r.point.kind for r in result.rows):
+        b = result.best(kind)
+        table.add_row(kind, b.point.label(), str(b.score))
+    console.print(table)
+    console.print(f"best: {result.best().point.label()}; config: {config}; report: {report}")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _price_table(path: Path) -> list[dict[str, Any]]:
+    """The models of a price CSV as the service's catalogue entries."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    missing = {"name", "input_price", "output_price"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    return [
+        {
+            "name": str(r.name),
+            "input_per_m": float(r.input_price),
+            "output_per_m": float(r.output_price),
+        }
+        for r in df.itertuples()
+    ]
 
 
 def main() -> None:

@@ -16,13 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from policies import PolicyError, load_policy
+from service.abreport import collect, cost_scale, guardrail_stops
 from service.batcher import FeatureBatcher
 from service.embedder import Embedder
+from service.experiments import ExperimentConfig
 from service.features import Featurizer
 from service.learner import Learner
 from service.metrics import Metrics
 from service.middleware import LimitsAndMetrics
-from service.routes import feedback, health, models, policies, route
+from service.routes import experiments, feedback, health, models, policies, route
 from service.runtime import single_threaded_blas
 from service.runtime_state import Runtime
 from service.serving import ServingPolicy, build_policy, check_dim
@@ -31,6 +33,8 @@ from service.store import open_store
 from service.store.base import ModelPrice, Store, StoreUnavailable
 
 log = logging.getLogger("banditroute.app")
+
+GUARD_EVERY_S = 5.0
 
 
 def create_app(
@@ -55,7 +59,14 @@ def create_app(
         description="Online LLM routing with contextual bandits.",
         lifespan=lifespan,
     )
-    for r in (route.router, feedback.router, models.router, policies.router, health.router):
+    for r in (
+        route.router,
+        feedback.router,
+        models.router,
+        policies.router,
+        experiments.router,
+        health.router,
+    ):
         app.include_router(r)
     _install_handlers(app, settings)
     return app
@@ -63,7 +74,10 @@ def create_app(
 
 async def _start(settings: Settings, embedder: Embedder | None, store: Store | None) -> Runtime:
     st = store or await open_store(
-        settings.redis_url, settings.state_dir, prefix=settings.key_prefix
+        settings.redis_url,
+        settings.state_dir,
+        prefix=settings.key_prefix,
+        log_max=settings.decision_log_max,
     )
     emb = embedder or Embedder(cache_size=settings.embed_cache_size)
     if not emb.loaded:
@@ -95,6 +109,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         policies=serving,
         catalogue=catalogue,
         catalogue_confirmed=catalogue_confirmed,
+        experiments=await _experiments(settings, st),
     )
     batcher.start()
     if settings.run_learner:
@@ -135,6 +150,54 @@ async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPric
         return configured, False
 
 
+async def _experiments(settings: Settings, st: Store) -> dict[str, ExperimentConfig]:
+    """The experiments: the store's, seeded with configured ones it does not have."""
+    configured = {e.name: e for e in settings.experiments}
+    try:
+        for name, exp in configured.items():
+            stored = await st.get_experiments()
+            if name not in stored:
+                await st.put_experiment(name, exp.model_dump_json())
+        return _parse_experiments(await st.get_experiments(), settings, configured)
+    except StoreUnavailable:
+        log.warning("store unreachable at start-up: serving the configured experiments")
+        return configured
+
+
+def _parse_experiments(
+    raw: dict[str, str], settings: Settings, current: dict[str, ExperimentConfig]
+) -> dict[str, ExperimentConfig]:
+    """Parse stored configs; one that no longer fits this worker's policies keeps its
+    previous version here (logged), so a bad write never half-applies."""
+    out = {}
+    for name, doc in raw.items():
+        try:
+            exp = ExperimentConfig.model_validate_json(doc)
+            exp.check_policies(settings.policies)
+        except ValueError as exc:
+            log.error("experiment %s: stored config rejected: %s", name, exc)
+            if name in current:
+                out[name] = current[name]
+            continue
+        out[name] = exp
+    return out
+
+
+async def _guard(rt: Runtime) -> None:
+    """Apply each experiment's guardrail: a stopped variant's weight goes to 0."""
+    for name, exp in list(rt.experiments.items()):
+        if exp.guardrail is None:
+            continue
+        scale = cost_scale(exp, rt.catalogue)
+        stops = guardrail_stops(exp, await collect(rt.store, exp), scale)
+        if stops:
+            updated = exp.model_copy(update={"stopped": {**exp.stopped, **stops}})
+            await rt.store.put_experiment(name, updated.model_dump_json())
+            rt.experiments[name] = updated
+            for variant, rec in stops.items():
+                log.warning("experiment %s: guardrail stopped %s: %s", name, variant, rec.reason)
+
+
 async def _restore(name: str, st: Store, fresh: Any, dim: int) -> ServingPolicy:
     try:
         snap = await st.load_snapshot(name)
@@ -150,12 +213,18 @@ async def _restore(name: str, st: Store, fresh: Any, dim: int) -> ServingPolicy:
 async def _refresh(rt: Runtime) -> None:
     """Keep the catalogue and the served snapshots current even without traffic."""
     period = rt.settings.reload_poll_ms / 1000
-    last_catalogue = 0.0
+    last_catalogue = last_guard = 0.0
     while not rt.stop.is_set():
         try:
             now = time.monotonic()
+            if now - last_guard >= GUARD_EVERY_S:
+                last_guard = now
+                await _guard(rt)
             if now - last_catalogue >= 1.0:
                 last_catalogue = now
+                rt.experiments = _parse_experiments(
+                    await rt.store.get_experiments(), rt.settings, rt.experiments
+                )
                 stored = await rt.store.get_models()
                 if not stored and not rt.catalogue_confirmed:
                     # the store was down at start-up and is empty: seed it now

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from service.batcher import FeatureBatcher
+from service.experiments import ExperimentConfig
 from service.learner import Learner
 from service.metrics import Metrics
 from service.serving import ServingPolicy
@@ -26,6 +27,7 @@ class Runtime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     store_ok: bool = True
     catalogue_confirmed: bool = True
+    experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
     def model_names(self) -> list[str]:
         return list(self.catalogue)

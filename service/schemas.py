@@ -29,13 +29,16 @@ class RouteRequest(BaseModel):
     candidates: list[str] | None = Field(default=None, min_length=1)
     cost_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     policy: PolicyName | None = None
-    unit_id: str | None = Field(default=None, max_length=256)
+    experiment: PolicyName | None = None
+    unit_id: str | None = Field(default=None, min_length=1, max_length=256)
     explain: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> RouteRequest:
         if (self.query is None) == (self.messages is None):
             raise ValueError("give exactly one of 'query' or 'messages'")
+        if self.policy is not None and self.experiment is not None:
+            raise ValueError("give 'policy' or 'experiment', not both")
         if self.query is not None and not self.query.strip():
             raise ValueError("query must not be empty")
         return self
@@ -55,6 +58,8 @@ class RouteResponse(BaseModel):
     policy: str
     policy_version: int
     degraded: bool = False
+    experiment: str | None = None
+    variant: str | None = None
     explanation: dict[str, CandidateExplanation] | None = None
 
 

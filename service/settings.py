@@ -15,6 +15,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from service.experiments import ExperimentConfig
+
 
 class ModelConfig(BaseModel):
     """A model of the catalogue, priced in USD per 1M input / output tokens."""
@@ -46,6 +48,12 @@ class Settings(BaseSettings):
     policies: dict[str, PolicyConfig] = Field(default_factory=lambda: {"default": PolicyConfig()})
     default_policy: str = "default"
     fallback_model: str | None = None
+
+    # A/B experiments seed the store at start-up when it has none of that name; after
+    # that the admin API owns them (as with the model catalogue)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+    default_experiment: str | None = None  # requests naming no policy join it
+    decision_log_max: int = Field(default=100_000, ge=1)
 
     projection_dim: int | None = Field(default=64, ge=1, le=384)
     embed_batch_max: int = Field(default=32, ge=1)
@@ -82,6 +90,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_policy: {self.default_policy!r} is not among policies "
                 f"{sorted(self.policies)}"
+            )
+        exps = [e.name for e in self.experiments]
+        if len(set(exps)) != len(exps):
+            raise ValueError(f"experiments: duplicate experiment names in {exps}")
+        for e in self.experiments:
+            try:
+                e.check_policies(self.policies)
+            except ValueError as exc:
+                raise ValueError(f"experiments.{e.name}.{exc}") from None
+        if self.default_experiment is not None and self.default_experiment not in exps:
+            raise ValueError(
+                f"default_experiment: {self.default_experiment!r} is not among experiments {exps}"
             )
         if self.fallback_model is not None and self.models and self.fallback_model not in names:
             raise ValueError(f"fallback_model: {self.fallback_model!r} is not a configured model")

@@ -458,6 +458,8 @@ def test_redis_keys_share_the_policy_slot(redis_backend: Backend) -> None:
             "due",
             "stream",
             "fbtotal",
+            "log",
+            "x:exp1:B",  # the experiment variant's counters
             "lease",
             "snap",
             "snapmeta",

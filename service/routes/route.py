@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, status
 from policies import PolicyError
 from service.deps import ClientAuth, RuntimeDep
 from service.embedder import text_from_messages
+from service.experiments import VariantConfig, assign
 from service.schemas import CandidateExplanation, RouteRequest, RouteResponse
 from service.store.base import DecisionRecord, StoreUnavailable
 
@@ -35,7 +36,8 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"query: {len(text)} characters exceeds the limit of {s.max_query_chars}",
         )
-    name = req.policy or s.default_policy
+    experiment, variant, unit = _assignment(req, rt)
+    name = variant.policy if variant is not None else req.policy or s.default_policy
     serving = rt.policies.get(name)
     if serving is None:
         raise HTTPException(
@@ -76,11 +78,14 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         created_at=now,
         deadline=now + s.decision_ttl_s,
         prompt_tokens=max(1, len(text) // 4),
+        experiment=experiment,
+        variant=None if variant is None else variant.name,
+        unit=unit,
     )
     try:
         seen = await rt.store.put_decision(rec)
     except StoreUnavailable:
-        return degraded(rt, name, serving.version, candidates)
+        return degraded(rt, name, serving.version, candidates, rec.experiment, rec.variant)
     serving.notice_version(rt.store, seen, rt.model_names())
     rt.metrics.decisions.labels(name, d.model, "false").inc()
     explanation = None
@@ -100,12 +105,41 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         propensity=d.propensity,
         policy=name,
         policy_version=serving.version,
+        experiment=rec.experiment,
+        variant=rec.variant,
         explanation=explanation,
     )
 
 
+def _assignment(
+    req: RouteRequest, rt: RuntimeDep
+) -> tuple[str | None, VariantConfig | None, str | None]:
+    """(experiment, variant, unit): the request's experiment, or the default one when
+    it names no policy; a request without a unit id is assigned at random (and
+    counted as anonymous)."""
+    name = req.experiment
+    if name is None and req.policy is None:
+        name = rt.settings.default_experiment
+    if name is None:
+        return None, None, None
+    exp = rt.experiments.get(name)
+    if exp is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"experiment: unknown experiment {name!r}; known: {sorted(rt.experiments)}",
+        )
+    unit = req.unit_id
+    variant = exp.variant(assign(exp, unit if unit is not None else uuid.uuid4().hex))
+    return name, variant, unit
+
+
 def degraded(
-    rt: RuntimeDep, name: str, version: int, candidates: list[str] | None
+    rt: RuntimeDep,
+    name: str,
+    version: int,
+    candidates: list[str] | None,
+    experiment: str | None = None,
+    variant: str | None = None,
 ) -> RouteResponse:
     """Without its store the service cannot log a decision, so it does not explore:
     the configured fallback model (or the first candidate), propensity 1."""
@@ -122,4 +156,6 @@ def degraded(
         policy=name,
         policy_version=version,
         degraded=True,
+        experiment=experiment,
+        variant=variant,
     )

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from service.abstats import Sums
+
 
 class StoreUnavailable(RuntimeError):
     """The backend (Redis) cannot be reached; the caller degrades, it does not crash."""
@@ -78,6 +80,7 @@ class DecisionRecord:
     variant: str | None = None
     experiment: str | None = None
     prompt_tokens: int | None = None
+    unit: str | None = None  # the experiment's unit; None: assigned at random
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,6 +121,8 @@ class FeedbackEvent:
     received_at: float
     variant: str | None = None
     experiment: str | None = None
+    candidates: list[str] | None = None
+    created_at: float | None = None
 
     def encode(self) -> dict[str, bytes]:
         meta = asdict(self)
@@ -150,6 +155,8 @@ class FeedbackEvent:
             received_at=now,
             variant=rec.variant,
             experiment=rec.experiment,
+            candidates=rec.candidates,
+            created_at=rec.created_at,
         )
 
 
@@ -178,6 +185,11 @@ class ModelPrice:
         return (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
 
 
+def feedback_increments(event: FeedbackEvent) -> dict[str, float]:
+    """What an accepted event adds to its experiment variant's counters."""
+    return Sums.increments(event.quality, event.cost_usd)
+
+
 class Store(ABC):
     """All keys of one policy share the Redis hash tag `{policy}`."""
 
@@ -204,7 +216,11 @@ class Store(ABC):
         The checks run in this order: missing -> UNKNOWN; answered -> DUPLICATE (also
         after the deadline, while the record is kept for the grace period); closed by
         `expire_due` or now > deadline -> UNKNOWN. `event` must carry the same
-        event_id and policy (ValueError otherwise)."""
+        event_id and policy (ValueError otherwise).
+
+        In the same atomic step an accepted event is appended to the policy's decision
+        log (capped), and, for a decision of an experiment, its quality and cost are
+        added to the variant's counters (see `experiment_counts`)."""
 
     @abstractmethod
     async def expire_due(
@@ -230,6 +246,36 @@ class Store(ABC):
     async def feedback_pending(self, policy: str) -> int:
         """Events on the stream that no published snapshot contains yet (publishing
         trims what a snapshot contains, so this is the stream's length)."""
+
+    @abstractmethod
+    async def read_log(
+        self, policy: str, after_id: str, count: int
+    ) -> list[tuple[str, FeedbackEvent]]:
+        """The decision log: every event ever appended to the feedback stream (never
+        trimmed by publishing; capped at the newest `log_max`), oldest first, strictly
+        after `after_id`, at most `count`."""
+
+    # ---- experiments ---------------------------------------------------------
+    @abstractmethod
+    async def experiment_counts(
+        self, policy: str, experiment: str, variant: str
+    ) -> tuple[dict[str, float], int]:
+        """A variant's counters (decisions, anon: decisions without a unit id, and the
+        feedback sums n, sq, sq2, sc, sc2, sqc of abstats.Sums) and its distinct units
+        (approximate on Redis: a HyperLogLog, 0.8% standard error)."""
+
+    @abstractmethod
+    async def get_experiments(self) -> dict[str, str]:
+        """Experiment name -> its configuration as JSON."""
+
+    @abstractmethod
+    async def put_experiment(self, name: str, doc: str) -> None:
+        """Store a whole, validated configuration in one write: readers see the old
+        one or the new one, never a mix."""
+
+    @abstractmethod
+    async def delete_experiment(self, name: str) -> bool:
+        """True if it existed; its counters stay (a report of a finished test)."""
 
     # ---- snapshots and lease ----------------------------------------------
     @abstractmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import heapq
 import json
 import os
@@ -38,11 +39,13 @@ from service.store.base import (
     Store,
     StoreUnavailable,
     check_policy_name,
+    feedback_increments,
     parse_stream_id,
 )
 
 _MAGIC = b"BRSNAP1\n"
 _MODELS_FILE = "models.json"
+_EXPERIMENTS_FILE = "experiments.json"
 _HEADER_KEYS = {"version", "last_id", "applied", "published_at", "size"}
 
 # the states a decision goes through, as in the Redis store's `answered` field
@@ -73,6 +76,11 @@ class _Policy:
     meta: dict[str, float | int | str] | None = None  # the published snapshot's header
     lease: tuple[str, float] | None = None  # (owner, monotonic expiry)
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
+    log: collections.deque[tuple[StreamId, dict[str, bytes]]] = field(
+        default_factory=collections.deque
+    )
+    counters: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    units: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
 
 class MemoryStore(Store):
@@ -80,18 +88,29 @@ class MemoryStore(Store):
 
     grace_s: how long past its deadline a decision is kept, so a late second
     feedback is still recognised as a duplicate (409) rather than unknown (404).
+    log_max: how many events each policy's decision log keeps. Experiment configs
+    persist under `state_dir` like the catalogue; their counters, like the log, live
+    in memory only.
     """
 
-    def __init__(self, state_dir: Path | None = None, *, grace_s: float = 3600.0) -> None:
+    def __init__(
+        self, state_dir: Path | None = None, *, grace_s: float = 3600.0, log_max: int = 100_000
+    ) -> None:
         if grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {grace_s}")
+        if log_max < 1:
+            raise ValueError(f"log_max must be >= 1, got {log_max}")
         self.state_dir = state_dir
         self.grace_s = grace_s
+        self.log_max = log_max
         self._policies: dict[str, _Policy] = {}
         self._models: dict[str, str] = {}  # name -> JSON, as Redis keeps it
         if state_dir is not None and (state_dir / _MODELS_FILE).is_file():
             # models registered through the API survive a restart, like Redis keeps them
             self._models = json.loads((state_dir / _MODELS_FILE).read_text())
+        self._experiments: dict[str, str] = {}
+        if state_dir is not None and (state_dir / _EXPERIMENTS_FILE).is_file():
+            self._experiments = json.loads((state_dir / _EXPERIMENTS_FILE).read_text())
         self._disk_lock = asyncio.Lock()
         self._persisted: dict[str, int] = {}  # policy -> version on disk
 
@@ -104,6 +123,14 @@ class MemoryStore(Store):
         st.decisions[rec.event_id] = _Decision(rec.encode(), rec.deadline, expire_at)
         heapq.heappush(st.due, (rec.deadline, rec.event_id))
         heapq.heappush(st.expiry, (expire_at, rec.event_id))
+        if rec.experiment is not None:
+            arm = (rec.experiment, rec.variant or "")
+            counters = st.counters.setdefault(arm, {})
+            counters["decisions"] = counters.get("decisions", 0) + 1
+            if rec.unit is None:
+                counters["anon"] = counters.get("anon", 0) + 1
+            else:
+                st.units.setdefault(arm, set()).add(rec.unit)
         return self._version(st)
 
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
@@ -126,6 +153,10 @@ class MemoryStore(Store):
             return FeedbackOutcome.UNKNOWN
         d.state = _ANSWERED
         self._append(st, event.encode())
+        if event.experiment is not None:
+            counters = st.counters.setdefault((event.experiment, event.variant or ""), {})
+            for name, value in feedback_increments(event).items():
+                counters[name] = counters.get(name, 0.0) + value
         await self._notify(st)
         return FeedbackOutcome.ACCEPTED
 
@@ -167,6 +198,39 @@ class MemoryStore(Store):
         return [
             (f"{i[0]}-{i[1]}", FeedbackEvent.decode(f)) for i, f in self._after(st, after, count)
         ]
+
+    async def read_log(
+        self, policy: str, after_id: str, count: int
+    ) -> list[tuple[str, FeedbackEvent]]:
+        after = parse_stream_id(after_id)
+        out = []
+        for i, f in self._policy(policy).log:
+            if i > after:
+                out.append((f"{i[0]}-{i[1]}", FeedbackEvent.decode(f)))
+                if len(out) >= count:
+                    break
+        return out
+
+    # ---- experiments ---------------------------------------------------------
+    async def experiment_counts(
+        self, policy: str, experiment: str, variant: str
+    ) -> tuple[dict[str, float], int]:
+        st = self._policy(policy)
+        arm = (experiment, variant)
+        return dict(st.counters.get(arm, {})), len(st.units.get(arm, ()))
+
+    async def get_experiments(self) -> dict[str, str]:
+        return dict(self._experiments)
+
+    async def put_experiment(self, name: str, doc: str) -> None:
+        self._experiments[name] = doc
+        await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
+
+    async def delete_experiment(self, name: str) -> bool:
+        found = self._experiments.pop(name, None) is not None
+        if found:
+            await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
+        return found
 
     async def feedback_pending(self, policy: str) -> int:
         return len(self._policy(policy).stream)
@@ -241,13 +305,16 @@ class MemoryStore(Store):
         return found
 
     async def _persist_models(self) -> None:
+        await self._persist_json(_MODELS_FILE, self._models)
+
+    async def _persist_json(self, name: str, doc: dict[str, str]) -> None:
         if self.state_dir is None:
             return
-        data = json.dumps(self._models, indent=1).encode()
+        data = json.dumps(doc, indent=1).encode()
         try:
-            await asyncio.to_thread(_write_atomic, self.state_dir / _MODELS_FILE, data)
+            await asyncio.to_thread(_write_atomic, self.state_dir / name, data)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot persist the model catalogue: {exc}") from exc
+            raise StoreUnavailable(f"cannot persist {name}: {exc}") from exc
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:
@@ -301,13 +368,15 @@ class MemoryStore(Store):
             return None
         return st.lease[0]
 
-    @staticmethod
-    def _append(st: _Policy, fields: dict[str, bytes]) -> None:
+    def _append(self, st: _Policy, fields: dict[str, bytes]) -> None:
         # like XADD *: the current millisecond, or a later sequence number if the
         # clock has not moved (or went backwards)
         ms = int(time.time() * 1000)
         st.last_id = (ms, 0) if ms > st.last_id[0] else (st.last_id[0], st.last_id[1] + 1)
         st.stream.append((st.last_id, fields))
+        st.log.append((st.last_id, fields))
+        while len(st.log) > self.log_max:
+            st.log.popleft()
         st.total += 1
 
     @staticmethod

@@ -12,7 +12,13 @@ Cluster keeps a policy on one shard and every script touches one slot):
     <prefix>:{<policy>}:snap          string: the published policy state
     <prefix>:{<policy>}:snapmeta      hash: version, last_id, applied, published_at
     <prefix>:{<policy>}:lease         string: the learner holding the lease, with a TTL
+    <prefix>:{<policy>}:log           stream: every feedback event (the decision log),
+                                      capped at about log_max entries, never trimmed
+                                      by publishing
+    <prefix>:{<policy>}:x:<exp>:<variant>    hash: an experiment variant's counters
+    <prefix>:{<policy>}:xu:<exp>:<variant>   HyperLogLog: its distinct units
     <prefix>:models                   hash: model name -> ModelPrice as JSON
+    <prefix>:experiments              hash: experiment name -> its config as JSON
 
 Every error meaning "Redis cannot be reached" becomes `StoreUnavailable` (see
 `_reachable`). The client retries a dropped connection once at once and never
@@ -46,6 +52,7 @@ from service.store.base import (
     Store,
     StoreUnavailable,
     check_policy_name,
+    feedback_increments,
     parse_stream_id,
 )
 
@@ -65,7 +72,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-# KEYS: decision, due, stream, fbtotal. ARGV: now, event_id, meta, x.
+# KEYS: decision, due, stream, fbtotal, log, counters.
+# ARGV: now, event_id, meta, x, log_max, then field, increment pairs for the counters.
 # Returns 1 accepted, 2 duplicate, 0 unknown (missing, closed or past the deadline).
 _SUBMIT = """
 local answered = redis.call('HGET', KEYS[1], 'answered')
@@ -76,11 +84,15 @@ if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then re
 redis.call('HSET', KEYS[1], 'answered', '1')
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'meta', ARGV[3], 'x', ARGV[4])
 redis.call('INCR', KEYS[4])
+for i = 6, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1])
+end
 return 1
 """
 
-# KEYS: decision, due, stream, fbtotal. ARGV: now, event_id[, meta, x].
+# KEYS: decision, due, stream, fbtotal, log. ARGV: now, event_id, log_max[, meta, x].
 # Closes one open decision whose deadline passed, appending the default event if
 # given; returns 1 if it closed it. Drops ids of answered or vanished decisions
 # from `due`; leaves a decision re-put with a later deadline alone.
@@ -93,8 +105,9 @@ end
 if tonumber(redis.call('HGET', KEYS[1], 'deadline')) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'answered', '2')
 redis.call('ZREM', KEYS[2], ARGV[2])
-if #ARGV >= 4 then
-  redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
+if #ARGV >= 5 then
+  redis.call('XADD', KEYS[3], '*', 'meta', ARGV[4], 'x', ARGV[5])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'meta', ARGV[4], 'x', ARGV[5])
   redis.call('INCR', KEYS[4])
 end
 return 1
@@ -181,9 +194,16 @@ class _Keys:
         self.snapmeta = f"{base}:snapmeta"
         self.lease = f"{base}:lease"
         self.fbtotal = f"{base}:fbtotal"
+        self.log = f"{base}:log"
 
     def decision(self, event_id: str) -> str:
         return f"{self.base}:d:{event_id}"
+
+    def counters(self, experiment: str | None, variant: str | None) -> str:
+        return f"{self.base}:x:{experiment}:{variant}"
+
+    def units(self, experiment: str | None, variant: str | None) -> str:
+        return f"{self.base}:xu:{experiment}:{variant}"
 
 
 class RedisStore(Store):
@@ -197,6 +217,7 @@ class RedisStore(Store):
     pooled connection before reporting the store unavailable.
     max_connections: the pool's size; more concurrent calls queue for a connection
     (redis-py's default pool would fail them instead).
+    log_max: about how many events each policy's decision log keeps.
 
     The client is built on first use, inside the running event loop.
     """
@@ -209,6 +230,7 @@ class RedisStore(Store):
         grace_s: float = 3600.0,
         socket_timeout: float = 1.0,
         max_connections: int = 64,
+        log_max: int = 100_000,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}"):
             raise ValueError(f"prefix {prefix!r} must be non-empty and without braces")
@@ -218,6 +240,9 @@ class RedisStore(Store):
             raise ValueError(f"socket_timeout must be > 0, got {socket_timeout}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if log_max < 1:
+            raise ValueError(f"log_max must be >= 1, got {log_max}")
+        self.log_max = log_max
         self.url = url
         self.prefix = prefix
         self.grace_s = grace_s
@@ -240,6 +265,7 @@ class RedisStore(Store):
         grace_s: float = 3600.0,
         socket_timeout: float = 1.0,
         max_connections: int = 64,
+        log_max: int = 100_000,
     ) -> RedisStore:
         """Build the store and check that Redis answers. A Redis that is down is
         logged, not raised: the service starts degraded and the store connects
@@ -250,6 +276,7 @@ class RedisStore(Store):
             grace_s=grace_s,
             socket_timeout=socket_timeout,
             max_connections=max_connections,
+            log_max=log_max,
         )
         if not await store.ping():
             log.warning("redis at %s does not answer yet; serving degraded", store.where)
@@ -310,6 +337,13 @@ class RedisStore(Store):
             pipe.hset(key, mapping=fields)
             pipe.pexpireat(key, int((rec.deadline + self.grace_s) * 1000))
             pipe.zadd(k.due, {rec.event_id: rec.deadline})
+            if rec.experiment is not None:
+                counters = k.counters(rec.experiment, rec.variant)
+                pipe.hincrby(counters, "decisions", 1)
+                if rec.unit is None:
+                    pipe.hincrby(counters, "anon", 1)
+                else:
+                    pipe.pfadd(k.units(rec.experiment, rec.variant), rec.unit)
             pipe.hget(k.snapmeta, "version")
             *_, version = await pipe.execute()
         return int(version or 0)
@@ -335,9 +369,20 @@ class RedisStore(Store):
             )
         k = self._k(policy)
         enc = event.encode()
+        incr: list[Any] = []
+        if event.experiment is not None:
+            for name, value in feedback_increments(event).items():
+                incr += [name, repr(float(value))]
         code = await self._lua().submit(
-            keys=[k.decision(event_id), k.due, k.stream, k.fbtotal],
-            args=[repr(float(now)), event_id, enc["meta"], enc["x"]],
+            keys=[
+                k.decision(event_id),
+                k.due,
+                k.stream,
+                k.fbtotal,
+                k.log,
+                k.counters(event.experiment, event.variant),
+            ],
+            args=[repr(float(now)), event_id, enc["meta"], enc["x"], self.log_max, *incr],
         )
         return _OUTCOMES[int(code)]
 
@@ -371,8 +416,8 @@ class RedisStore(Store):
         async with r.pipeline(transaction=False) as pipe:
             for event_id, more in zip(ids, extra, strict=True):
                 await self._lua().close(
-                    keys=[k.decision(event_id), k.due, k.stream, k.fbtotal],
-                    args=[repr(float(now)), event_id, *more],
+                    keys=[k.decision(event_id), k.due, k.stream, k.fbtotal, k.log],
+                    args=[repr(float(now)), event_id, self.log_max, *more],
                     client=pipe,
                 )
             closed = await pipe.execute()
@@ -403,6 +448,45 @@ class RedisStore(Store):
             for entries in per_stream
             for entry_id, fields in entries
         ]
+
+    @_reachable
+    async def read_log(
+        self, policy: str, after_id: str, count: int
+    ) -> list[tuple[str, FeedbackEvent]]:
+        parse_stream_id(after_id)
+        entries = await self._redis().xrange(
+            self._k(policy).log, min=f"({after_id}", max="+", count=count
+        )
+        return [(_text(i), FeedbackEvent.decode(f)) for i, f in entries]
+
+    # ---- experiments ---------------------------------------------------------
+    @_reachable
+    async def experiment_counts(
+        self, policy: str, experiment: str, variant: str
+    ) -> tuple[dict[str, float], int]:
+        k = self._k(policy)
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.counters(experiment, variant))
+            pipe.pfcount(k.units(experiment, variant))
+            raw, units = await pipe.execute()
+        return {_text(f): float(v) for f, v in raw.items()}, int(units)
+
+    @property
+    def experiments_key(self) -> str:
+        return f"{self.prefix}:experiments"
+
+    @_reachable
+    async def get_experiments(self) -> dict[str, str]:
+        raw = await self._redis().hgetall(self.experiments_key)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    @_reachable
+    async def put_experiment(self, name: str, doc: str) -> None:
+        await self._redis().hset(self.experiments_key, name, doc)
+
+    @_reachable
+    async def delete_experiment(self, name: str) -> bool:
+        return bool(await self._redis().hdel(self.experiments_key, name))
 
     @_reachable
     async def feedback_pending(self, policy: str) -> int:

@@ -34,8 +34,6 @@ from service.store.base import ModelPrice, Store, StoreUnavailable
 
 log = logging.getLogger("banditroute.app")
 
-GUARD_EVERY_S = 5.0
-
 
 def create_app(
     settings: Settings, *, embedder: Embedder | None = None, store: Store | None = None
@@ -217,7 +215,7 @@ async def _refresh(rt: Runtime) -> None:
     while not rt.stop.is_set():
         try:
             now = time.monotonic()
-            if now - last_guard >= GUARD_EVERY_S:
+            if now - last_guard >= rt.settings.guardrail_every_s:
                 last_guard = now
                 await _guard(rt)
             if now - last_catalogue >= 1.0:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     default_experiment: str | None = None  # requests naming no policy join it
     decision_log_max: int = Field(default=100_000, ge=1)
+    guardrail_every_s: float = Field(default=5.0, gt=0)
 
     projection_dim: int | None = Field(default=64, ge=1, le=384)
     embed_batch_max: int = Field(default=32, ge=1)

@@ -60,6 +60,9 @@ class ExperimentConfig(BaseModel):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     guardrail: GuardrailConfig | None = None
     stopped: dict[str, StopRecord] = Field(default_factory=dict)
+    # learning variants also learn from the other variants' feedback (sound: every
+    # decision is logged with its propensity); by default each learns from its own
+    share_feedback: bool = False
 
     @field_validator("variants")
     @classmethod

@@ -29,6 +29,15 @@ class Runtime:
     catalogue_confirmed: bool = True
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
+    @property
+    def shadows_of(self) -> dict[str, list[str]]:
+        """Served policy -> the policies running in its shadow."""
+        out: dict[str, list[str]] = {}
+        for name, cfg in self.settings.policies.items():
+            if cfg.shadow_of is not None:
+                out.setdefault(cfg.shadow_of, []).append(name)
+        return out
+
     def model_names(self) -> list[str]:
         return list(self.catalogue)
 

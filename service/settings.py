@@ -33,6 +33,9 @@ class PolicyConfig(BaseModel):
     kind: str = "linucb"
     params: dict[str, Any] = Field(default_factory=dict)
     cost_weight: float = Field(default=0.2, ge=0)
+    # run in shadow beside this served policy: see every request, learn from its
+    # feedback, never answer
+    shadow_of: str | None = None
 
 
 class Settings(BaseSettings):
@@ -92,6 +95,13 @@ class Settings(BaseSettings):
                 f"default_policy: {self.default_policy!r} is not among policies "
                 f"{sorted(self.policies)}"
             )
+        for name, p in self.policies.items():
+            if p.shadow_of is not None and (
+                p.shadow_of == name or p.shadow_of not in self.policies
+            ):
+                raise ValueError(
+                    f"policies.{name}.shadow_of: {p.shadow_of!r} is not another configured policy"
+                )
         exps = [e.name for e in self.experiments]
         if len(set(exps)) != len(exps):
             raise ValueError(f"experiments: duplicate experiment names in {exps}")

@@ -38,6 +38,10 @@ def embedder() -> Embedder:
 
 @pytest.fixture(scope="module")
 def pool() -> pd.DataFrame:
+    return load_pool()
+
+
+def load_pool() -> pd.DataFrame:
     """Prompts with both models' logged quality and cost."""
     df = pd.read_parquet(SHARED / "llmrouter_14tasks.parquet")
     df = df.dropna(subset=[CHEAP, STRONG, f"{CHEAP}|total_cost", f"{STRONG}|total_cost"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi import APIRouter, HTTPException, status
@@ -9,11 +10,13 @@ from fastapi.responses import JSONResponse
 
 from service.deps import ClientAuth, RuntimeDep
 from service.schemas import MAX_CALL_USD, FeedbackRequest, FeedbackResponse
-from service.store.base import FeedbackEvent, FeedbackOutcome, StoreUnavailable
+from service.shadow import increments as shadow_increments
+from service.store.base import DecisionRecord, FeedbackEvent, FeedbackOutcome, StoreUnavailable
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
 RETRY_AFTER_S = "1"
+log = logging.getLogger("banditroute.feedback")
 
 
 def _unavailable() -> JSONResponse:
@@ -82,6 +85,27 @@ async def feedback(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {req.event_id!r}"
         )
+    await _copies(rt, rec, event)
     return FeedbackResponse(
         event_id=req.event_id, status="accepted", quality=quality, cost_usd=cost
     )
+
+
+async def _copies(rt: RuntimeDep, rec: DecisionRecord, event: FeedbackEvent) -> None:
+    """After the feedback is recorded: shadows of the served policy, and with
+    share_feedback the experiment's other variants, learn from it too. The served
+    feedback already counts; a copy lost to an outage is logged, never an error."""
+    targets: dict[str, dict[str, float] | None] = {}
+    for shadow, (_, p_shadow) in (rec.shadows or {}).items():
+        w = p_shadow / rec.propensity
+        targets[shadow] = shadow_increments(w, event.quality, event.cost_usd)
+    exp = rt.experiments.get(rec.experiment or "")
+    if exp is not None and exp.share_feedback:
+        for v in exp.variants:
+            if v.policy != rec.policy and v.policy not in targets:
+                targets[v.policy] = None
+    for policy, incr in targets.items():
+        try:
+            await rt.store.append_feedback(policy, event, incr)
+        except StoreUnavailable:
+            log.warning("feedback %s not copied to %s: store unreachable", rec.event_id, policy)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
+from service import shadow
 from service.deps import ClientAuth, RuntimeDep
 from service.runtime_state import Runtime
 from service.schemas import ModelStatsOut, PolicyStatus
@@ -66,3 +68,30 @@ async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyS
         learner_lag_s=lag,
         models=models,
     )
+
+
+@router.get("/{name}/shadow")
+async def shadow_report(
+    name: str, rt: RuntimeDep, _auth: ClientAuth, cost_weight: float | None = None
+) -> dict[str, Any]:
+    """A shadow policy's agreement with the served choices and its off-policy value
+    (IPS, SNIPS) next to the served policy's on the same feedback. The reward's cost
+    unit is the shadow's own cost scale (its priciest model's mean cost)."""
+    cfg = rt.settings.policies.get(name)
+    if cfg is None or cfg.shadow_of is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"name: {name!r} is not a policy running in shadow"
+        )
+    policy = rt.policies[name].policy
+    lam = policy.cost_weight if cost_weight is None else cost_weight
+    if not lam >= 0:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "cost_weight: must be >= 0")
+    scale = policy.normalised_cost(1.0)
+    a = lam * scale  # normalised_cost(c) = c / scale_usd, so a = lam / scale_usd
+    return {
+        "name": name,
+        "served_by": cfg.shadow_of,
+        "cost_weight": lam,
+        "cost_scale_usd": 1 / scale if scale else None,
+        **shadow.report(await rt.store.shadow_counts(name), a),
+    }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
@@ -15,6 +17,7 @@ from service.schemas import CandidateExplanation, RouteRequest, RouteResponse
 from service.store.base import DecisionRecord, StoreUnavailable
 
 router = APIRouter(prefix="/v1", tags=["routing"])
+log = logging.getLogger("banditroute.route")
 
 
 def _query_text(req: RouteRequest) -> str:
@@ -65,6 +68,7 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
     except PolicyError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
+    shadows = _shadow_choices(rt, name, x, d.model, list(d.probabilities), req.cost_weight, text)
     now = time.time()
     rec = DecisionRecord(
         event_id=f"{name}.{uuid.uuid4().hex}",
@@ -81,6 +85,7 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         experiment=experiment,
         variant=None if variant is None else variant.name,
         unit=unit,
+        shadows=shadows or None,
     )
     try:
         seen = await rt.store.put_decision(rec)
@@ -88,6 +93,11 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         return degraded(rt, name, serving.version, candidates, rec.experiment, rec.variant)
     serving.notice_version(rt.store, seen, rt.model_names())
     rt.metrics.decisions.labels(name, d.model, "false").inc()
+    for shadow, (model, _) in shadows.items():
+        try:
+            await rt.store.count_shadow_decision(shadow, model == d.model)
+        except StoreUnavailable:
+            log.warning("shadow %s: decision not counted, the store is unreachable", shadow)
     explanation = None
     if req.explain:
         explanation = {
@@ -109,6 +119,28 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         variant=rec.variant,
         explanation=explanation,
     )
+
+
+def _shadow_choices(
+    rt: RuntimeDep,
+    served: str,
+    x: Any,
+    model: str,
+    candidates: list[str],
+    cost_weight: float | None,
+    text: str,
+) -> dict[str, tuple[str, float]]:
+    """What each shadow of the served policy would have chosen among the same
+    candidates, and its probability of the served model."""
+    out = {}
+    for shadow in rt.shadows_of.get(served, ()):
+        try:
+            ds = rt.policies[shadow].policy.choose(x, candidates, cost_weight, text=text)
+        except PolicyError as exc:  # e.g. a candidate the shadow does not know yet
+            log.warning("shadow %s skipped a decision: %s", shadow, exc)
+            continue
+        out[shadow] = (ds.model, float(ds.probabilities.get(model, 0.0)))
+    return out
 
 
 def _assignment(

@@ -81,6 +81,8 @@ class DecisionRecord:
     experiment: str | None = None
     prompt_tokens: int | None = None
     unit: str | None = None  # the experiment's unit; None: assigned at random
+    # shadow policy -> [its choice, its probability of the served model]
+    shadows: dict[str, tuple[str, float]] | None = None
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
@@ -254,6 +256,22 @@ class Store(ABC):
         """The decision log: every event ever appended to the feedback stream (never
         trimmed by publishing; capped at the newest `log_max`), oldest first, strictly
         after `after_id`, at most `count`."""
+
+    @abstractmethod
+    async def append_feedback(
+        self, policy: str, event: FeedbackEvent, shadow: dict[str, float] | None = None
+    ) -> None:
+        """Append a copy of another policy's accepted event to `policy`'s stream (a
+        shadow learning from served feedback, or a variant learning from the others'),
+        adding `shadow` to its shadow counters in the same atomic step."""
+
+    @abstractmethod
+    async def count_shadow_decision(self, policy: str, agree: bool) -> None:
+        """A served decision the shadow `policy` saw: decisions += 1, agree += agree."""
+
+    @abstractmethod
+    async def shadow_counts(self, policy: str) -> dict[str, float]:
+        """The shadow counters of `policy` (see service.shadow)."""
 
     # ---- experiments ---------------------------------------------------------
     @abstractmethod

@@ -81,6 +81,7 @@ class _Policy:
     )
     counters: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     units: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    shadow: dict[str, float] = field(default_factory=dict)
 
 
 class MemoryStore(Store):
@@ -210,6 +211,23 @@ class MemoryStore(Store):
                 if len(out) >= count:
                     break
         return out
+
+    async def append_feedback(
+        self, policy: str, event: FeedbackEvent, shadow: dict[str, float] | None = None
+    ) -> None:
+        st = self._policy(policy)
+        self._append(st, event.encode(), log=False)
+        for name, value in (shadow or {}).items():
+            st.shadow[name] = st.shadow.get(name, 0.0) + value
+        await self._notify(st)
+
+    async def count_shadow_decision(self, policy: str, agree: bool) -> None:
+        st = self._policy(policy)
+        st.shadow["decisions"] = st.shadow.get("decisions", 0) + 1
+        st.shadow["agree"] = st.shadow.get("agree", 0) + int(agree)
+
+    async def shadow_counts(self, policy: str) -> dict[str, float]:
+        return dict(self._policy(policy).shadow)
 
     # ---- experiments ---------------------------------------------------------
     async def experiment_counts(
@@ -368,15 +386,16 @@ class MemoryStore(Store):
             return None
         return st.lease[0]
 
-    def _append(self, st: _Policy, fields: dict[str, bytes]) -> None:
+    def _append(self, st: _Policy, fields: dict[str, bytes], *, log: bool = True) -> None:
         # like XADD *: the current millisecond, or a later sequence number if the
         # clock has not moved (or went backwards)
         ms = int(time.time() * 1000)
         st.last_id = (ms, 0) if ms > st.last_id[0] else (st.last_id[0], st.last_id[1] + 1)
         st.stream.append((st.last_id, fields))
-        st.log.append((st.last_id, fields))
-        while len(st.log) > self.log_max:
-            st.log.popleft()
+        if log:
+            st.log.append((st.last_id, fields))
+            while len(st.log) > self.log_max:
+                st.log.popleft()
         st.total += 1
 
     @staticmethod

@@ -15,6 +15,7 @@ Cluster keeps a policy on one shard and every script touches one slot):
     <prefix>:{<policy>}:log           stream: every feedback event (the decision log),
                                       capped at about log_max entries, never trimmed
                                       by publishing
+    <prefix>:{<policy>}:shadow        hash: the policy's counters as a shadow
     <prefix>:{<policy>}:x:<exp>:<variant>    hash: an experiment variant's counters
     <prefix>:{<policy>}:xu:<exp>:<variant>   HyperLogLog: its distinct units
     <prefix>:models                   hash: model name -> ModelPrice as JSON
@@ -195,6 +196,7 @@ class _Keys:
         self.lease = f"{base}:lease"
         self.fbtotal = f"{base}:fbtotal"
         self.log = f"{base}:log"
+        self.shadow = f"{base}:shadow"
 
     def decision(self, event_id: str) -> str:
         return f"{self.base}:d:{event_id}"
@@ -458,6 +460,32 @@ class RedisStore(Store):
             self._k(policy).log, min=f"({after_id}", max="+", count=count
         )
         return [(_text(i), FeedbackEvent.decode(f)) for i, f in entries]
+
+    @_reachable
+    async def append_feedback(
+        self, policy: str, event: FeedbackEvent, shadow: dict[str, float] | None = None
+    ) -> None:
+        k = self._k(policy)
+        enc = event.encode()
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.xadd(k.stream, {"meta": enc["meta"], "x": enc["x"]})
+            pipe.incr(k.fbtotal)
+            for name, value in (shadow or {}).items():
+                pipe.hincrbyfloat(k.shadow, name, float(value))
+            await pipe.execute()
+
+    @_reachable
+    async def count_shadow_decision(self, policy: str, agree: bool) -> None:
+        k = self._k(policy)
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.hincrby(k.shadow, "decisions", 1)
+            pipe.hincrby(k.shadow, "agree", int(agree))
+            await pipe.execute()
+
+    @_reachable
+    async def shadow_counts(self, policy: str) -> dict[str, float]:
+        raw = await self._redis().hgetall(self._k(policy).shadow)
+        return {_text(f): float(v) for f, v in raw.items()}
 
     # ---- experiments ---------------------------------------------------------
     @_reachable

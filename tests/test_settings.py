@@ -16,7 +16,9 @@ SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "banditroute.toml"
 def test_the_sample_config_loads() -> None:
     s = load_settings(SAMPLE)
     assert len(s.models) == 9 and s.fallback_model == "llama-3.1-8b-instruct"
-    assert set(s.policies) == {"default", "thompson"}
+    assert set(s.policies) == {"default", "thompson", "thompson_shadow", "today"}
+    assert s.policies["thompson_shadow"].shadow_of == "default"
+    assert [v.policy for v in s.experiments[0].variants] == ["today", "default"]
     assert s.redis_url is None  # the embedded default
 
 

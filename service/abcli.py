@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.cli import app
+from service.routes.experiments import LOG_COLUMNS
 
 ab = typer.Typer(help="A/B experiments: reports and plots.", no_args_is_help=True)
 logs = typer.Typer(help="The decision log: export for off-policy evaluation.", no_args_is_help=True)
@@ -191,23 +192,5 @@ def log_export(
             break
         after = page["next"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=_COLUMNS).to_parquet(out, index=False)
+    pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_parquet(out, index=False)
     Console().print(f"{len(rows)} decisions of {policy!r} written to {out}")
-
-
-_COLUMNS = [
-    "event_id",
-    "policy",
-    "experiment",
-    "variant",
-    "time",
-    "created_at",
-    "model",
-    "propensity",
-    "candidates",
-    "quality",
-    "cost_usd",
-    "cost_weight",
-    "source",
-    "context",
-]

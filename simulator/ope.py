@@ -22,25 +22,11 @@ import numpy as np
 import pandas as pd
 
 from policies import FixedRouter, Policy, RandomRouter, RuleRouter, make_policy
+from service.routes.experiments import LOG_COLUMNS
 from simulator import metrics
 from simulator.metrics import OffPolicyEstimate
 
-REQUIRED_COLUMNS = (
-    "event_id",
-    "policy",
-    "experiment",
-    "variant",
-    "time",
-    "created_at",
-    "model",
-    "propensity",
-    "candidates",
-    "quality",
-    "cost_usd",
-    "cost_weight",
-    "source",
-    "context",
-)
+REQUIRED_COLUMNS = LOG_COLUMNS
 NULLABLE = frozenset({"experiment", "variant"})
 SOURCES = frozenset({"user", "judge", "default"})
 ESTIMATORS = ("IPS", "SNIPS", "DR")

@@ -30,13 +30,6 @@ POOL = 120
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    emb = Embedder()
-    emb.load()
-    return emb
-
-
-@pytest.fixture(scope="module")
 def pool() -> pd.DataFrame:
     return load_pool()
 

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    emb = Embedder()
-    emb.load()
-    return emb
-
-
-@pytest.fixture(scope="module")
 def pool() -> pd.DataFrame:
     return load_pool()
 

@@ -16,6 +16,23 @@ from service.store.base import FeedbackEvent, parse_stream_id
 router = APIRouter(prefix="/v1", tags=["experiments"])
 
 LOG_PAGE_MAX = 5000
+# a decision-log row, as the log endpoint answers and `log export` writes it
+LOG_COLUMNS = (
+    "event_id",
+    "policy",
+    "experiment",
+    "variant",
+    "time",
+    "created_at",
+    "model",
+    "propensity",
+    "candidates",
+    "quality",
+    "cost_usd",
+    "cost_weight",
+    "source",
+    "context",
+)
 
 
 def _get(rt: RuntimeDep, name: str) -> ExperimentConfig:

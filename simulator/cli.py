@@ -137,6 +137,13 @@ def simulate(
     ope_log: Annotated[
         str, typer.Option(help="the router whose logged propensities OPE uses")
     ] = "random",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="a learning policy's parameter, e.g. --set linucb.alpha=0.1 (repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Every router side by side: the online protocol (regret, cost, traffic share), the
     deploy protocol over a lambda sweep (frontier, AIQ, cost at 95%/100% of the best
@@ -163,6 +170,10 @@ def simulate(
         sweep = [float(v) for v in lams.split(",") if v.strip()]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    try:
+        overrides = parse_overrides(set_ or [], {s.name for s in learning})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
     statics = static_specs(rd, cost_weight, scale)
     if ope_log not in {s.name for s in learning + statics}:
         raise typer.BadParameter(f"{ope_log!r} is not a router of this run", param_hint="--ope-log")
@@ -179,6 +190,7 @@ def simulate(
         seeds=seeds,
         lam=cost_weight,
         cost_scale=scale,
+        overrides=overrides,
         progress=bar.update,
     )
     deploy = None
@@ -191,6 +203,7 @@ def simulate(
             lams=sweep,
             seeds=seeds,
             cost_scale=scale,
+            overrides=overrides,
             progress=bar.update,
         )
     # drift and a new model, on the first learning policy: the best model in hindsight
@@ -202,7 +215,9 @@ def simulate(
             ("drift", Scenario("drift", at=0.5, model=best, factor=0.5)),
             ("new-model", Scenario("new", at=0.5, model=best)),
         ):
-            policy = build(learning[0], rd, X.shape[1], 0, cost_weight, scale)
+            policy = build(
+                learning[0], rd, X.shape[1], 0, cost_weight, scale, overrides.get(learning[0].name)
+            )
             scenarios[f"{label} ({learning[0].name}, {best})"] = replay_online(
                 policy,
                 X,
@@ -224,7 +239,8 @@ def simulate(
     bar.close()
     report = write_report(
         out,
-        f"Simulation of {rd.name}: {len(rd)} prompts, {len(rd.models)} models, {seeds} seeds",
+        f"Simulation of {rd.name}: {len(rd)} prompts, {len(rd.models)} models, {seeds} seeds"
+        + "".join(f"; {n} {p}" for n, p in overrides.items()),
         online,
         deploy,
         ope,
@@ -368,6 +384,24 @@ def tune(
         table.add_row(kind, b.point.label(), str(b.score))
     console.print(table)
     console.print(f"best: {result.best().point.label()}; config: {config}; report: {report}")
+
+
+def parse_overrides(items: list[str], policies: set[str]) -> dict[str, dict[str, Any]]:
+    """["linucb.alpha=0.1", ...] -> {"linucb": {"alpha": 0.1}}; numbers become floats."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        name, dot, param = key.partition(".")
+        if not eq or not dot or not param:
+            raise ValueError(f"{item!r} is not of the form POLICY.PARAM=VALUE")
+        if name not in policies:
+            raise ValueError(f"{item!r}: {name!r} is not a learning policy of this run")
+        try:
+            parsed: Any = float(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(name, {})[param] = parsed
+    return out
 
 
 def _floats(text: str) -> list[float]:

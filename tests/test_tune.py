@@ -149,3 +149,19 @@ def test_tune_command_writes_report_and_config(tmp_path: Path) -> None:
     assert "## Sensitivity" in (out / "tune.md").read_text()
     bad = CliRunner().invoke(app, ["tune", "--data", str(data), "--alpha", "x"])
     assert bad.exit_code != 0 and "not a comma-separated list" in bad.output
+
+
+def test_simulate_settings_overrides_parse_and_reject() -> None:
+    from simulator.cli import parse_overrides
+
+    got = parse_overrides(
+        ["linucb.alpha=0.1", "vw.exploration=epsilon", "linucb.gamma=1"], {"linucb", "vw"}
+    )
+    assert got == {"linucb": {"alpha": 0.1, "gamma": 1.0}, "vw": {"exploration": "epsilon"}}
+    for bad, why in (
+        ("linucb.alpha", "POLICY.PARAM=VALUE"),
+        ("alpha=1", "POLICY.PARAM"),
+        ("ucb.alpha=1", "not a learning policy"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_overrides([bad], {"linucb"})

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.abstats import Sums, difference, mean_interval
+from service.abstats import MIN_N_VERDICT, Sums, difference, mean_interval
 from service.experiments import ExperimentConfig, StopRecord
 from service.store.base import FeedbackEvent, ModelPrice, Store
 
@@ -89,7 +89,9 @@ def build_report(exp: ExperimentConfig, data: list[VariantData], scale: float) -
                 "interval": [_finite(fixed.low), _finite(fixed.high)],
                 "sequence": [_finite(seq.low), _finite(seq.high)],
                 # anytime-valid: safe to act on whenever the report is read
-                "significant": bool(seq.low > 0 or seq.high < 0),
+                "significant": bool(
+                    min(d.sums.n, control.sums.n) >= MIN_N_VERDICT and (seq.low > 0 or seq.high < 0)
+                ),
             }
         diffs.append(row)
     return {

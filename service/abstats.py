@@ -21,6 +21,9 @@ from statistics import NormalDist
 # sequence is sharpest for. Any τ > 0 keeps the coverage; it only trades power
 # between small and large effects. 0.05 reward points is a typical routing effect.
 MIXING_SD = 0.05
+# below this many outcomes per side the plug-in variance (0 for two equal thumbs)
+# is no basis for a verdict: intervals are reported, "significant" is not
+MIN_N_VERDICT = 30
 
 
 @dataclass(frozen=True)

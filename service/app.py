@@ -152,9 +152,10 @@ async def _experiments(settings: Settings, st: Store) -> dict[str, ExperimentCon
     """The experiments: the store's, seeded with configured ones it does not have."""
     configured = {e.name: e for e in settings.experiments}
     try:
+        # seeded once: after that the API owns it, and a deleted one stays deleted
+        known = await st.get_experiments(include_deleted=True)
         for name, exp in configured.items():
-            stored = await st.get_experiments()
-            if name not in stored:
+            if name not in known:
                 await st.put_experiment(name, exp.model_dump_json())
         return _parse_experiments(await st.get_experiments(), settings, configured)
     except StoreUnavailable:
@@ -189,7 +190,15 @@ async def _guard(rt: Runtime) -> None:
         scale = cost_scale(exp, rt.catalogue)
         stops = guardrail_stops(exp, await collect(rt.store, exp), scale)
         if stops:
-            updated = exp.model_copy(update={"stopped": {**exp.stopped, **stops}})
+            # merge into the newest stored config, not this worker's copy, so an admin
+            # change made meanwhile is kept (a change within this one round trip can
+            # still be overwritten: the store has no compare-and-set for configs)
+            doc = (await rt.store.get_experiments()).get(name)
+            if doc is None:
+                continue  # deleted meanwhile
+            exp = ExperimentConfig.model_validate_json(doc)
+            stops = {v: r for v, r in stops.items() if v in {x.name for x in exp.variants}}
+            updated = exp.model_copy(update={"stopped": {**stops, **exp.stopped}})
             await rt.store.put_experiment(name, updated.model_dump_json())
             rt.experiments[name] = updated
             for variant, rec in stops.items():
@@ -243,6 +252,8 @@ async def _refresh(rt: Runtime) -> None:
             rt.store_ok = False
         except PolicyError as exc:  # never let a bad model change kill the refresher
             log.error("refresh: %s", exc)
+        except Exception:  # nor anything else: a dead refresher would go unnoticed
+            log.exception("refresh failed; retrying")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stop.wait(), timeout=period)
 

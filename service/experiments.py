@@ -36,12 +36,15 @@ class GuardrailConfig(BaseModel):
 
     margin: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    min_feedback: int = Field(default=100, ge=2)
+    # the intervals rest on a normal approximation: not below 30 per variant
+    min_feedback: int = Field(default=100, ge=30)
 
 
 class StopRecord(BaseModel):
-    at: float
-    reason: str
+    model_config = ConfigDict(extra="forbid")
+
+    at: float = Field(ge=0, allow_inf_nan=False)
+    reason: str = Field(max_length=2000)
 
 
 class ExperimentConfig(BaseModel):

@@ -19,6 +19,7 @@ from service.abstats import Sums, mean_interval
 # the serving side of the same events uses abstats.Sums' fields: n, sq, sq2, sc, sc2, sqc
 WEIGHTED = ("sw", "sw2", "swq", "swc", "sw2q", "sw2c", "sw2q2", "sw2c2", "sw2qc")
 MIN_ESS = 100.0
+MAX_UNSUPPORTED = 0.01
 
 
 def increments(w: float, quality: float, cost: float) -> dict[str, float]:
@@ -78,6 +79,14 @@ def report(counters: dict[str, float], a: float, alpha: float = 0.05) -> dict[st
     else:
         out["snips"] = {"mean": None, "low": None, "high": None}
     warnings = []
+    unsupported = counters.get("unsupported", 0.0) / decisions if decisions else 0.0
+    out["unsupported_share"] = unsupported
+    if unsupported > MAX_UNSUPPORTED:
+        warnings.append(
+            f"{unsupported:.1%} of the shadow's choice probability falls on models the "
+            "served policy never chooses there: no log can value that part, so IPS is "
+            "biased towards 0 and SNIPS values only the supported part"
+        )
     if ess < MIN_ESS:
         warnings.append(
             f"effective sample size {ess:.1f} < {MIN_ESS:g}: the shadow rarely chooses "

@@ -6,6 +6,7 @@ and the decision log. Every run is seeded, so a run's outcome is reproducible.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,3 +335,36 @@ def test_decision_log_and_history_through_the_api(
         assert [p["feedback"] for p in pts] == list(range(50, 301, 50))
         rep = c.get("/v1/experiments/logged").json()
         assert pts[-1]["difference"] == pytest.approx(rep["differences"][0]["reward"]["difference"])
+
+
+def test_delete_resets_counters_and_a_deleted_configured_experiment_stays_deleted(
+    tmp_path: Path, embedder: Embedder, pool: pd.DataFrame
+) -> None:
+    configured = experiment("seeded", "cheap", "strong")
+    s = settings_for(
+        tmp_path,
+        experiments=[configured, experiment("main", "cheap", "strong")],
+        default_experiment="main",
+    )
+    try:
+        with TestClient(create_app(s, embedder=embedder)) as c:
+            serve_units(c, pool, "seeded", ["a", "b", "c"], np.random.default_rng(0))
+            assert c.delete("/v1/experiments/main").status_code == 409
+            bad = json.dumps(configured).replace(
+                '"cost_scale"', '"stopped": {"B": {"at": Infinity, "reason": "x"}}, "cost_scale"'
+            )
+            r = c.put(
+                "/v1/experiments/seeded", content=bad, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 422
+            assert c.delete("/v1/experiments/seeded").status_code == 204
+            assert c.get("/v1/experiments/seeded").status_code == 404
+        # a restart does not bring the configured experiment back
+        with TestClient(create_app(s, embedder=embedder)) as c:
+            assert "seeded" not in c.get("/v1/experiments").json()
+            put(c, configured)  # re-created by the admin: counted from zero
+            rep = c.get("/v1/experiments/seeded").json()
+            assert [v["decisions"] for v in rep["variants"]] == [0, 0]
+            assert [v["feedback"] for v in rep["variants"]] == [0, 0]
+    finally:
+        drop_prefix(s.key_prefix)

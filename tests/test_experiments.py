@@ -240,3 +240,52 @@ def test_running_difference_by_hand() -> None:
     assert series[0]["difference"] == pytest.approx(1.0)
     assert series[1]["difference"] == pytest.approx(0.5)
     assert series[0]["low"] is None  # one sample per side: no interval yet
+
+
+def test_no_verdict_on_a_handful_of_outcomes() -> None:
+    """Two thumbs-up against two thumbs-down have zero plug-in variance: the report
+    shows the difference but calls nothing significant below 30 per side."""
+    e = exp({"A": 1, "B": 1})
+    rep = build_report(e, [variant("A", [1, 1], [0, 0], 2), variant("B", [0, 0], [0, 0], 2)], 1.0)
+    assert rep["differences"][0]["quality"]["difference"] == -1.0
+    assert not rep["differences"][0]["quality"]["significant"]
+    many = build_report(
+        e, [variant("A", [1.0] * 40, [0] * 40, 40), variant("B", [0.0] * 40, [0] * 40, 40)], 1.0
+    )
+    assert many["differences"][0]["quality"]["significant"]
+    with pytest.raises(ValidationError, match="min_feedback"):
+        exp({"A": 1}, guardrail={"min_feedback": 5})
+    with pytest.raises(ValidationError, match="stopped"):
+        exp({"A": 1, "B": 1}, stopped={"B": {"at": math.inf, "reason": "x"}})
+
+
+def test_shadow_report_by_hand_and_its_support_warning() -> None:
+    from service.shadow import increments, report
+
+    counters: dict[str, float] = {"decisions": 4, "agree": 2}
+    # weights 2, 0, 2, 0 on qualities 1, 1, 0, 1 (cost 0): IPS = (2 + 0 + 0 + 0) / 4
+    for w, q in ((2.0, 1.0), (0.0, 1.0), (2.0, 0.0), (0.0, 1.0)):
+        for k, v in increments(w, q, 0.0).items():
+            counters[k] = counters.get(k, 0.0) + v
+    rep = report(counters, a=0.0)
+    assert rep["ips"]["mean"] == pytest.approx(0.5)
+    assert rep["snips"]["mean"] == pytest.approx(0.5)  # (2·1 + 2·0) / (2 + 2)
+    assert rep["served_reward"]["mean"] == pytest.approx(0.75)
+    assert rep["effective_sample_size"] == pytest.approx(2.0)
+    assert rep["agreement"] == 0.5
+    assert any("effective sample size" in w for w in rep["warnings"])
+    counters["unsupported"] = 2.0  # half of its mass where the served policy never goes
+    assert any("biased" in w for w in report(counters, a=0.0)["warnings"])
+
+
+def test_records_of_a_newer_version_still_decode() -> None:
+    import json
+
+    from service.store.base import DecisionRecord
+
+    rec = DecisionRecord("e", "p", "m", 0.5, 1, np.zeros(3), ["m"], 0.2, 1.0, 2.0)
+    enc = rec.encode()
+    meta = json.loads(enc["meta"])
+    meta["field_from_the_future"] = 1
+    back = DecisionRecord.decode({"meta": json.dumps(meta).encode(), "x": enc["x"]})
+    assert back.model == "m" and back.propensity == 0.5

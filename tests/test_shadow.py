@@ -105,7 +105,9 @@ def test_shadow_sees_learns_and_is_valued_without_touching_responses(
     st = _waiting_done(c, "bandit", n)
     assert st["feedback_total"] == n and st["updates_applied"] == n
     assert c.get("/v1/policies/served/shadow").status_code == 404
-    assert c.get("/v1/policies/strong/shadow", params={"cost_weight": -1}).status_code == 422
+    for bad in ("-1", "inf", "nan"):
+        r = c.get("/v1/policies/strong/shadow", params={"cost_weight": bad})
+        assert r.status_code == 422 and "cost_weight" in r.text
 
 
 @pytest.mark.parametrize("share", [False, True])

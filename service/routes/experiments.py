@@ -63,17 +63,25 @@ async def put_experiment(
         )
     try:
         body.check_policies(rt.policies)
+        # what is stored must read back as it was validated, on every worker
+        doc = body.model_dump_json()
+        ExperimentConfig.model_validate_json(doc)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    await rt.store.put_experiment(name, body.model_dump_json())
+    await rt.store.put_experiment(name, doc)
     rt.experiments[name] = body
     return body.model_dump()
 
 
 @router.delete("/experiments/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_experiment(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Response:
-    _get(rt, name)
-    await rt.store.delete_experiment(name)
+    exp = _get(rt, name)
+    if name == rt.settings.default_experiment:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"name: {name!r} is the default_experiment; requests naming no policy join it",
+        )
+    await rt.store.delete_experiment(name, [(v.policy, v.name) for v in exp.variants])
     rt.experiments.pop(name, None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

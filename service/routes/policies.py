@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 
 from service import shadow
 from service.deps import ClientAuth, RuntimeDep
@@ -72,7 +72,10 @@ async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyS
 
 @router.get("/{name}/shadow")
 async def shadow_report(
-    name: str, rt: RuntimeDep, _auth: ClientAuth, cost_weight: float | None = None
+    name: str,
+    rt: RuntimeDep,
+    _auth: ClientAuth,
+    cost_weight: Annotated[float | None, Query(ge=0, le=1e6, allow_inf_nan=False)] = None,
 ) -> dict[str, Any]:
     """A shadow policy's agreement with the served choices and its off-policy value
     (IPS, SNIPS) next to the served policy's on the same feedback. The reward's cost
@@ -84,8 +87,6 @@ async def shadow_report(
         )
     policy = rt.policies[name].policy
     lam = policy.cost_weight if cost_weight is None else cost_weight
-    if not lam >= 0:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "cost_weight: must be >= 0")
     scale = policy.normalised_cost(1.0)
     a = lam * scale  # normalised_cost(c) = c / scale_usd, so a = lam / scale_usd
     return {

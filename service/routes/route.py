@@ -68,7 +68,7 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
     except PolicyError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
-    shadows = _shadow_choices(rt, name, x, d.model, list(d.probabilities), req.cost_weight, text)
+    shadows = _shadow_choices(rt, name, x, d.model, d.probabilities, req.cost_weight, text)
     now = time.time()
     rec = DecisionRecord(
         event_id=f"{name}.{uuid.uuid4().hex}",
@@ -85,7 +85,7 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         experiment=experiment,
         variant=None if variant is None else variant.name,
         unit=unit,
-        shadows=shadows or None,
+        shadows={s: (m, p) for s, (m, p, _) in shadows.items()} or None,
     )
     try:
         seen = await rt.store.put_decision(rec)
@@ -93,9 +93,9 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         return degraded(rt, name, serving.version, candidates, rec.experiment, rec.variant)
     serving.notice_version(rt.store, seen, rt.model_names())
     rt.metrics.decisions.labels(name, d.model, "false").inc()
-    for shadow, (model, _) in shadows.items():
+    for shadow, (model, _, unsupported) in shadows.items():
         try:
-            await rt.store.count_shadow_decision(shadow, model == d.model)
+            await rt.store.count_shadow_decision(shadow, model == d.model, unsupported)
         except StoreUnavailable:
             log.warning("shadow %s: decision not counted, the store is unreachable", shadow)
     explanation = None
@@ -123,23 +123,26 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
 
 def _shadow_choices(
     rt: RuntimeDep,
-    served: str,
+    policy: str,
     x: Any,
     model: str,
-    candidates: list[str],
+    served: dict[str, float],
     cost_weight: float | None,
     text: str,
-) -> dict[str, tuple[str, float]]:
+) -> dict[str, tuple[str, float, float]]:
     """What each shadow of the served policy would have chosen among the same
-    candidates, and its probability of the served model."""
+    candidates, its probability of the served model, and its probability on models
+    the served policy could not choose."""
+    candidates = list(served)
     out = {}
-    for shadow in rt.shadows_of.get(served, ()):
+    for shadow in rt.shadows_of.get(policy, ()):
         try:
             ds = rt.policies[shadow].policy.choose(x, candidates, cost_weight, text=text)
-        except PolicyError as exc:  # e.g. a candidate the shadow does not know yet
+        except Exception as exc:  # a shadow never fails the served request
             log.warning("shadow %s skipped a decision: %s", shadow, exc)
             continue
-        out[shadow] = (ds.model, float(ds.probabilities.get(model, 0.0)))
+        unsupported = sum(p for m, p in ds.probabilities.items() if served.get(m, 0.0) <= 0)
+        out[shadow] = (ds.model, float(ds.probabilities.get(model, 0.0)), float(unsupported))
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -99,8 +99,15 @@ class DecisionRecord:
     @classmethod
     def decode(cls, fields: dict[bytes, bytes] | dict[str, bytes]) -> DecisionRecord:
         f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
-        meta = json.loads(f["meta"])
+        meta = _known(cls, json.loads(f["meta"]))
         return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
+
+
+def _known(cls: type, meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields this version knows: a record written by a newer version (during a
+    rolling deploy) still decodes."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in meta.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ class FeedbackEvent:
     @classmethod
     def decode(cls, fields: dict[bytes, bytes] | dict[str, bytes]) -> FeedbackEvent:
         f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
-        meta = json.loads(f["meta"])
+        meta = _known(cls, json.loads(f["meta"]))
         return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
 
     @classmethod
@@ -266,8 +273,10 @@ class Store(ABC):
         adding `shadow` to its shadow counters in the same atomic step."""
 
     @abstractmethod
-    async def count_shadow_decision(self, policy: str, agree: bool) -> None:
-        """A served decision the shadow `policy` saw: decisions += 1, agree += agree."""
+    async def count_shadow_decision(self, policy: str, agree: bool, unsupported: float) -> None:
+        """A served decision the shadow `policy` saw: decisions += 1, agree += agree,
+        unsupported += the shadow's probability on models the served policy could not
+        choose (what no importance weight can value)."""
 
     @abstractmethod
     async def shadow_counts(self, policy: str) -> dict[str, float]:
@@ -283,8 +292,9 @@ class Store(ABC):
         (approximate on Redis: a HyperLogLog, 0.8% standard error)."""
 
     @abstractmethod
-    async def get_experiments(self) -> dict[str, str]:
-        """Experiment name -> its configuration as JSON."""
+    async def get_experiments(self, include_deleted: bool = False) -> dict[str, str]:
+        """Experiment name -> its configuration as JSON; with include_deleted, deleted
+        names too, mapped to "" (so a configured experiment is seeded only once)."""
 
     @abstractmethod
     async def put_experiment(self, name: str, doc: str) -> None:
@@ -292,8 +302,9 @@ class Store(ABC):
         one or the new one, never a mix."""
 
     @abstractmethod
-    async def delete_experiment(self, name: str) -> bool:
-        """True if it existed; its counters stay (a report of a finished test)."""
+    async def delete_experiment(self, name: str, arms: list[tuple[str, str]]) -> bool:
+        """Delete it and the counters of its (policy, variant) arms, so a new experiment
+        of the same name starts from zero; True if it existed."""
 
     # ---- snapshots and lease ----------------------------------------------
     @abstractmethod

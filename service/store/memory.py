@@ -221,10 +221,12 @@ class MemoryStore(Store):
             st.shadow[name] = st.shadow.get(name, 0.0) + value
         await self._notify(st)
 
-    async def count_shadow_decision(self, policy: str, agree: bool) -> None:
+    async def count_shadow_decision(self, policy: str, agree: bool, unsupported: float) -> None:
         st = self._policy(policy)
         st.shadow["decisions"] = st.shadow.get("decisions", 0) + 1
         st.shadow["agree"] = st.shadow.get("agree", 0) + int(agree)
+        if unsupported > 0:
+            st.shadow["unsupported"] = st.shadow.get("unsupported", 0.0) + unsupported
 
     async def shadow_counts(self, policy: str) -> dict[str, float]:
         return dict(self._policy(policy).shadow)
@@ -237,17 +239,21 @@ class MemoryStore(Store):
         arm = (experiment, variant)
         return dict(st.counters.get(arm, {})), len(st.units.get(arm, ()))
 
-    async def get_experiments(self) -> dict[str, str]:
-        return dict(self._experiments)
+    async def get_experiments(self, include_deleted: bool = False) -> dict[str, str]:
+        return {k: v for k, v in self._experiments.items() if include_deleted or v}
 
     async def put_experiment(self, name: str, doc: str) -> None:
         self._experiments[name] = doc
         await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
 
-    async def delete_experiment(self, name: str) -> bool:
-        found = self._experiments.pop(name, None) is not None
-        if found:
-            await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
+    async def delete_experiment(self, name: str, arms: list[tuple[str, str]]) -> bool:
+        found = bool(self._experiments.get(name))
+        self._experiments[name] = ""  # a tombstone: never re-seeded
+        for policy, variant in arms:
+            st = self._policy(policy)
+            st.counters.pop((name, variant), None)
+            st.units.pop((name, variant), None)
+        await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
         return found
 
     async def feedback_pending(self, policy: str) -> int:
@@ -328,11 +334,13 @@ class MemoryStore(Store):
     async def _persist_json(self, name: str, doc: dict[str, str]) -> None:
         if self.state_dir is None:
             return
-        data = json.dumps(doc, indent=1).encode()
-        try:
-            await asyncio.to_thread(_write_atomic, self.state_dir / name, data)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot persist {name}: {exc}") from exc
+        # serialised, and dumped inside the lock, so the file ends at the newest state
+        async with self._disk_lock:
+            data = json.dumps(doc, indent=1).encode()
+            try:
+                await asyncio.to_thread(_write_atomic, self.state_dir / name, data)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot persist {name}: {exc}") from exc
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:

@@ -475,11 +475,13 @@ class RedisStore(Store):
             await pipe.execute()
 
     @_reachable
-    async def count_shadow_decision(self, policy: str, agree: bool) -> None:
+    async def count_shadow_decision(self, policy: str, agree: bool, unsupported: float) -> None:
         k = self._k(policy)
         async with self._redis().pipeline(transaction=True) as pipe:
             pipe.hincrby(k.shadow, "decisions", 1)
             pipe.hincrby(k.shadow, "agree", int(agree))
+            if unsupported > 0:
+                pipe.hincrbyfloat(k.shadow, "unsupported", unsupported)
             await pipe.execute()
 
     @_reachable
@@ -504,17 +506,25 @@ class RedisStore(Store):
         return f"{self.prefix}:experiments"
 
     @_reachable
-    async def get_experiments(self) -> dict[str, str]:
+    async def get_experiments(self, include_deleted: bool = False) -> dict[str, str]:
         raw = await self._redis().hgetall(self.experiments_key)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        docs = {_text(k): _text(v) for k, v in raw.items()}
+        return docs if include_deleted else {k: v for k, v in docs.items() if v}
 
     @_reachable
     async def put_experiment(self, name: str, doc: str) -> None:
         await self._redis().hset(self.experiments_key, name, doc)
 
     @_reachable
-    async def delete_experiment(self, name: str) -> bool:
-        return bool(await self._redis().hdel(self.experiments_key, name))
+    async def delete_experiment(self, name: str, arms: list[tuple[str, str]]) -> bool:
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.hget(self.experiments_key, name)
+            pipe.hset(self.experiments_key, name, "")  # a tombstone: never re-seeded
+            for policy, variant in arms:
+                pipe.delete(self._k(policy).counters(name, variant))
+                pipe.delete(self._k(policy).units(name, variant))
+            old, *_ = await pipe.execute()
+        return bool(old)
 
     @_reachable
     async def feedback_pending(self, policy: str) -> int:

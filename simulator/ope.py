@@ -13,7 +13,7 @@ the same scale the policies and `simulator.replay` use.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from simulator import metrics
 from simulator.metrics import OffPolicyEstimate
 
 REQUIRED_COLUMNS = LOG_COLUMNS
+MAX_UNSUPPORTED = 0.01
 NULLABLE = frozenset({"experiment", "variant"})
 SOURCES = frozenset({"user", "judge", "default"})
 ESTIMATORS = ("IPS", "SNIPS", "DR")
@@ -434,14 +435,20 @@ def evaluate(
         pi = probs[rows, chosen]
         h_target = (probs * h).sum(axis=1)
         p = log.propensity
-        out.append(
-            TargetEstimate(
-                spec.text,
-                {
-                    "IPS": metrics.ips(r, p, pi, level=level),
-                    "SNIPS": metrics.snips(r, p, pi, level=level),
-                    "DR": metrics.doubly_robust(r, p, pi, h_logged, h_target, level=level),
-                },
+        estimates = {
+            "IPS": metrics.ips(r, p, pi, level=level),
+            "SNIPS": metrics.snips(r, p, pi, level=level),
+            "DR": metrics.doubly_robust(r, p, pi, h_logged, h_target, level=level),
+        }
+        # where the logger chose with certainty, whatever the target would do instead
+        # was never tried: no weighting can value it
+        unsupported = float(np.mean(np.where(p >= 1.0 - 1e-9, 1.0 - pi, 0.0)))
+        if unsupported > MAX_UNSUPPORTED:
+            why = (
+                f"{unsupported:.1%} of the target's probability is on models a deterministic "
+                "logger never tried on those rows: IPS is biased towards 0, SNIPS values "
+                "only the supported part, DR leans on its reward model"
             )
-        )
+            estimates = {k: replace(e, warnings=(*e.warnings, why)) for k, e in estimates.items()}
+        out.append(TargetEstimate(spec.text, estimates))
     return out

@@ -440,3 +440,16 @@ def test_ope_command_rejects_a_missing_or_invalid_log(tmp_path: Path) -> None:
     res = runner.invoke(app, ["ope", "--log", str(bad), "--policy", "random"])
     assert res.exit_code == 2
     assert "missing column(s) ['propensity']" in " ".join(res.output.split())
+
+
+def test_a_deterministic_logger_gets_a_support_warning() -> None:
+    rows = _hand_log()
+    frame = pd.DataFrame(rows)
+    frame["propensity"] = 1.0  # logged by a fixed router: nothing else was ever tried
+    log = log_from_frame(frame)
+    res = evaluate(log, [parse_target("random"), parse_target("fixed:a")], cost_scale=0.01)
+    by = {r.target: r.estimates for r in res}
+    assert any("never tried" in w for w in by["random"]["IPS"].warnings)
+    # a uniform-random logger supports every target: no such warning
+    uniform = evaluate(log_from_frame(pd.DataFrame(rows)), [parse_target("random")])
+    assert not any("never tried" in w for w in uniform[0].estimates["IPS"].warnings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from policies import PolicyError, load_policy
+from policies import Policy, PolicyError, load_policy
 from service.abreport import collect, cost_scale, guardrail_stops
 from service.batcher import FeatureBatcher
 from service.embedder import Embedder
@@ -28,7 +29,7 @@ from service.routes import experiments, feedback, health, models, policies, rout
 from service.runtime import single_threaded_blas
 from service.runtime_state import Runtime
 from service.serving import ServingPolicy, build_policy, check_dim
-from service.settings import Settings
+from service.settings import PolicyConfig, Settings
 from service.store import open_store
 from service.store.base import ModelPrice, Store, StoreUnavailable
 
@@ -115,7 +116,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
             learner = Learner(
                 st,
                 name,
-                lambda n=name, c=cfg: build_policy(n, c, rt.model_names(), featurizer.dim),
+                functools.partial(_fresh, name, cfg, rt, featurizer.dim),
                 every_n=settings.snapshot_every_n,
                 every_ms=settings.snapshot_every_ms,
                 lease_ttl_ms=settings.lease_ttl_ms,
@@ -126,6 +127,11 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
             rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
     rt.tasks.append(asyncio.create_task(_refresh(rt), name="refresh"))
     return rt
+
+
+def _fresh(name: str, cfg: PolicyConfig, rt: Runtime, dim: int) -> Policy:
+    """A cold-start policy over the current catalogue (the learner's first state)."""
+    return build_policy(name, cfg, rt.model_names(), dim)
 
 
 async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPrice], bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -110,10 +111,12 @@ def learner(config: ConfigOpt = None) -> None:
 async def _run_learners(settings: Any, signal: Any) -> None:
     import asyncio
 
+    from policies import Policy
     from service.embedder import Embedder
     from service.features import Featurizer
     from service.learner import Learner
     from service.serving import build_policy
+    from service.settings import PolicyConfig
     from service.store import open_store
     from service.store.base import StoreUnavailable
 
@@ -140,11 +143,15 @@ async def _run_learners(settings: Any, signal: Any) -> None:
             except TimeoutError:
                 pass
 
+    def fresh(n: str, c: PolicyConfig) -> Callable[[], Policy]:
+        # reads `catalogue` when called: the newest one the refresher has seen
+        return lambda: build_policy(n, c, catalogue or configured, dim)
+
     learners = [
         Learner(
             store,
             name,
-            lambda n=name, c=cfg: build_policy(n, c, catalogue or configured, dim),
+            fresh(name, cfg),
             every_n=settings.snapshot_every_n,
             every_ms=settings.snapshot_every_ms,
             lease_ttl_ms=settings.lease_ttl_ms,

@@ -134,7 +134,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
 
     class FromFile(Settings):
         model_config = SettingsConfigDict(
-            **{**Settings.model_config, f"{'yaml' if yaml else 'toml'}_file": config}
+            **{**Settings.model_config, f"{'yaml' if yaml else 'toml'}_file": config}  # type: ignore[misc]
         )
 
         @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -161,7 +162,7 @@ def replay_deploy(
     if not len(train) or not len(test):
         raise ValueError(f"data {data.name!r} needs rows with split 'train' and 'test'")
     rng = np.random.default_rng(seed)
-    common = {
+    common: dict[str, Any] = {
         "lam": lam,
         "cost_scale": cost_scale,
         "name": name,

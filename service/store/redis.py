@@ -456,8 +456,11 @@ class RedisStore(Store):
         self, policy: str, after_id: str, count: int
     ) -> list[tuple[str, FeedbackEvent]]:
         parse_stream_id(after_id)
-        entries = await self._redis().xrange(
-            self._k(policy).log, min=f"({after_id}", max="+", count=count
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self._redis().xrange(
+                self._k(policy).log, min=f"({after_id}", max="+", count=count
+            ),
         )
         return [(_text(i), FeedbackEvent.decode(f)) for i, f in entries]
 
@@ -573,7 +576,7 @@ class RedisStore(Store):
 
     @_reachable
     async def snapshot_info(self, policy: str) -> Snapshot | None:
-        meta = await self._redis().hgetall(self._k(policy).snapmeta)
+        meta = cast(dict[bytes, bytes], await self._redis().hgetall(self._k(policy).snapmeta))
         if not meta:
             return None
         return Snapshot(

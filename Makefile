@@ -30,6 +30,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy service simulator policies
 
 bench: setup
 	$(PY) -m benchmarks.policies

@@ -331,6 +331,7 @@ def test_decision_log_and_history_through_the_api(
         assert c.get("/v1/log/ghost").status_code == 404
         assert c.get("/v1/log/cheap", params={"after": "x"}).status_code == 422
         hist = c.get("/v1/experiments/logged/history", params={"every": 50}).json()
+        assert hist["truncated"] is False
         pts = hist["series"]["B"]
         assert [p["feedback"] for p in pts] == list(range(50, 301, 50))
         rep = c.get("/v1/experiments/logged").json()
@@ -366,5 +367,24 @@ def test_delete_resets_counters_and_a_deleted_configured_experiment_stays_delete
             rep = c.get("/v1/experiments/seeded").json()
             assert [v["decisions"] for v in rep["variants"]] == [0, 0]
             assert [v["feedback"] for v in rep["variants"]] == [0, 0]
+    finally:
+        drop_prefix(s.key_prefix)
+
+
+def test_a_full_decision_log_is_flagged_in_the_history(
+    tmp_path: Path, embedder: Embedder, pool: pd.DataFrame
+) -> None:
+    s = settings_for(tmp_path, decision_log_max=20)
+    try:
+        with TestClient(create_app(s, embedder=embedder)) as c:
+            put(c, experiment("small", "cheap", "strong"))
+            serve_units(c, pool, "small", [f"t{i}" for i in range(80)], np.random.default_rng(4))
+            events = c.get("/v1/log/cheap", params={"limit": 5000}).json()["events"]
+            # Redis trims approximately (MAXLEN ~, whole stream nodes): at least 20 stay
+            assert len(events) >= 20
+            assert c.get("/v1/experiments/small/history").json()["truncated"] is True
+            # the counters are not the log: the report still counts every feedback
+            rep = c.get("/v1/experiments/small").json()
+            assert sum(v["feedback"] for v in rep["variants"]) == 80
     finally:
         drop_prefix(s.key_prefix)

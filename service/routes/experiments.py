@@ -103,22 +103,28 @@ async def experiment_history(
     every: Annotated[int, Query(ge=1, le=100_000)] = 100,
 ) -> dict[str, Any]:
     """The reward difference against control after every `every` feedbacks, from the
-    decision log (which keeps the newest decision_log_max events per policy)."""
+    decision log (which keeps the newest decision_log_max events per policy;
+    `truncated` says when a variant's log is full and the series starts late)."""
     exp = _get(rt, name)
     events: list[FeedbackEvent] = []
+    truncated = False
     for policy in dict.fromkeys(v.policy for v in exp.variants):
-        after = "0-0"
+        after, kept = "0-0", 0
         while True:
             page = await rt.store.read_log(policy, after, LOG_PAGE_MAX)
+            kept += len(page)
             events += [e for _, e in page if e.experiment == name]
             if len(page) < LOG_PAGE_MAX:
                 break
             after = page[-1][0]
+        # a full log has dropped its oldest events: the series starts late for it
+        truncated |= kept >= rt.settings.decision_log_max
     scale = cost_scale(exp, rt.catalogue)
     return {
         "name": name,
         "control": exp.control,
         "every": every,
+        "truncated": truncated,
         "series": running_difference(exp, events, scale, every),
     }
 

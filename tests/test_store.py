@@ -653,3 +653,24 @@ def test_redis_outage_is_reported_fast_and_recovered(tmp_path: Path) -> None:
     finally:
         for proc in procs:
             _stop_redis(proc)
+
+
+def test_memory_decision_log_keeps_the_newest_and_outlives_publishing() -> None:
+    async def body() -> None:
+        store = MemoryStore(log_max=5)
+        now = time.time()
+        for i in range(8):
+            rec = record(f"e{i}", now)
+            await store.put_decision(rec)
+            assert await submit(store, rec, now) is FeedbackOutcome.ACCEPTED
+        entries = await store.read_feedback(POLICY, "0-0", 100)
+        assert await store.acquire_lease(POLICY, "me", 10_000)
+        assert await store.publish_snapshot(POLICY, Snapshot(b"s", 1, entries[-1][0], 8), "me")
+        assert await store.feedback_pending(POLICY) == 0  # the stream is trimmed
+        log = await store.read_log(POLICY, "0-0", 100)
+        assert [e.event_id for _, e in log] == [f"e{i}" for i in range(3, 8)]
+        assert log[0][1].candidates == record("e3", now).candidates
+        later = await store.read_log(POLICY, log[1][0], 100)
+        assert [e.event_id for _, e in later] == ["e5", "e6", "e7"]
+
+    asyncio.run(body())

@@ -4,13 +4,12 @@ time, from the decision log (for plots)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.abstats import MIN_N_VERDICT, Sums, difference, mean_interval
+from service.abstats import MIN_N_VERDICT, Sums, difference, finite, mean_interval
 from service.experiments import ExperimentConfig, StopRecord
 from service.store.base import FeedbackEvent, ModelPrice, Store
 
@@ -85,9 +84,9 @@ def build_report(exp: ExperimentConfig, data: list[VariantData], scale: float) -
         for m in METRICS:
             fixed, seq = difference(d.sums, control.sums, _metric(m), a, exp.alpha)
             row[m] = {
-                "difference": _finite(fixed.mean),
-                "interval": [_finite(fixed.low), _finite(fixed.high)],
-                "sequence": [_finite(seq.low), _finite(seq.high)],
+                "difference": finite(fixed.mean),
+                "interval": [finite(fixed.low), finite(fixed.high)],
+                "sequence": [finite(seq.low), finite(seq.high)],
                 # anytime-valid: safe to act on whenever the report is read
                 "significant": bool(
                     min(d.sums.n, control.sums.n) >= MIN_N_VERDICT and (seq.low > 0 or seq.high < 0)
@@ -105,10 +104,6 @@ def build_report(exp: ExperimentConfig, data: list[VariantData], scale: float) -
         "stopped": {k: v.model_dump() for k, v in exp.stopped.items()},
         "guardrail": exp.guardrail.model_dump() if exp.guardrail else None,
     }
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def guardrail_stops(
@@ -169,11 +164,11 @@ def running_difference(
                 {
                     "feedback": seen,
                     "time": ev.received_at,
-                    "difference": _finite(fixed.mean),
-                    "low": _finite(fixed.low),
-                    "high": _finite(fixed.high),
-                    "sequence_low": _finite(seq.low),
-                    "sequence_high": _finite(seq.high),
+                    "difference": finite(fixed.mean),
+                    "low": finite(fixed.low),
+                    "high": finite(fixed.high),
+                    "sequence_low": finite(seq.low),
+                    "sequence_high": finite(seq.high),
                 }
             )
     return out

@@ -99,20 +99,21 @@ class Estimate:
     high: float
 
     def as_dict(self) -> dict[str, float | None]:
-        return {"mean": _finite(self.mean), "low": _finite(self.low), "high": _finite(self.high)}
+        return {"mean": finite(self.mean), "low": finite(self.low), "high": finite(self.high)}
 
 
-def _finite(x: float) -> float | None:
+def finite(x: float) -> float | None:
+    """x, or None for NaN/inf (JSON has no NaN)."""
     return x if math.isfinite(x) else None
 
 
-def _z(alpha: float) -> float:
+def z(alpha: float) -> float:
     return NormalDist().inv_cdf(1 - alpha / 2)
 
 
 def mean_interval(s: Sums, metric: str, a: float = 0.0, alpha: float = 0.05) -> Estimate:
     m, v = s.mean_var(metric, a)
-    half = _z(alpha) * math.sqrt(v / s.n) if s.n >= 2 else math.nan
+    half = z(alpha) * math.sqrt(v / s.n) if s.n >= 2 else math.nan
     return Estimate(m, m - half, m + half)
 
 
@@ -128,7 +129,7 @@ def difference(
         nan = math.nan
         return Estimate(d, nan, nan), Estimate(d, nan, nan)
     var = vb / b.n + va / a_.n
-    fixed = _z(alpha) * math.sqrt(var)
+    fixed = z(alpha) * math.sqrt(var)
     seq = sequence_half_width(var, alpha)
     return Estimate(d, d - fixed, d + fixed), Estimate(d, d - seq, d + seq)
 

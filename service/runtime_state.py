@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 
 from service.batcher import FeatureBatcher
@@ -29,7 +30,7 @@ class Runtime:
     catalogue_confirmed: bool = True
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def shadows_of(self) -> dict[str, list[str]]:
         """Served policy -> the policies running in its shadow."""
         out: dict[str, list[str]] = {}

@@ -11,10 +11,9 @@ plus the served policy's own sums on the same events for comparison.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any
 
-from service.abstats import Sums, mean_interval
+from service.abstats import Estimate, Sums, mean_interval, z
 
 # the serving side of the same events uses abstats.Sums' fields: n, sq, sq2, sc, sc2, sqc
 WEIGHTED = ("sw", "sw2", "swq", "swc", "sw2q", "sw2c", "sw2q2", "sw2c2", "sw2qc")
@@ -40,10 +39,8 @@ def increments(w: float, quality: float, cost: float) -> dict[str, float]:
 
 
 def _ci(mean: float, var_of_mean: float, alpha: float) -> dict[str, float | None]:
-    if not math.isfinite(var_of_mean):
-        return {"mean": mean if math.isfinite(mean) else None, "low": None, "high": None}
-    half = NormalDist().inv_cdf(1 - alpha / 2) * math.sqrt(max(var_of_mean, 0.0))
-    return {"mean": mean, "low": mean - half, "high": mean + half}
+    half = z(alpha) * math.sqrt(max(var_of_mean, 0.0))  # NaN stays NaN: no interval
+    return Estimate(mean, mean - half, mean + half).as_dict()
 
 
 def report(counters: dict[str, float], a: float, alpha: float = 0.05) -> dict[str, Any]:

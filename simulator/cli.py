@@ -328,10 +328,15 @@ def tune(
     cache_dir: Annotated[Path, typer.Option(help="embedding cache")] = Path(".cache/embeddings"),
 ) -> None:
     """Grid search of exploration settings (alpha, Thompson v, epsilon, gamma, projection
-    dim, lambda while learning) by online replay of the train split over seeds. Writes
-    the best as OUT/config.yaml (loadable by `serve --config`), and a sensitivity table."""
+    dim, lambda while learning) by online replay of the train split over seeds. Each
+    policy's best setting on train is then replayed afresh on the held-out test split,
+    next to every static router: that held-out reward is the result (OUT/tune.md,
+    OUT/heldout.json); the train score only selects. A table without both a train and a
+    test split is split 50/50 by a seeded shuffle of its rows (seed 0). Writes the best
+    as OUT/config.yaml (loadable by `serve --config`), and a sensitivity table."""
     from simulator.replay import cost_scale_of, progress_bar
-    from simulator.tune import grid, run_tune
+    from simulator.simulate import static_specs
+    from simulator.tune import grid, run_heldout, run_tune, split_rows
     from simulator.tune_report import write_tune_report
 
     console = Console()
@@ -353,37 +358,79 @@ def tune(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     rd, featurize = _embedded(data, limit, cache_dir)
-    if (rd.split == "train").any():
-        rd_train = rd.subset(np.flatnonzero(rd.split == "train"))
-        rows = np.flatnonzero(rd.split == "train")
-    else:
-        rd_train, rows = rd, np.arange(len(rd))
+    try:
+        train_rows, test_rows, how = split_rows(rd)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from None
+    rd_train, rd_test = rd.subset(train_rows), rd.subset(test_rows)
+    # the cost unit comes from train, like everything the settings are chosen by
     scale = cost_scale_of(rd_train)
-    bar = progress_bar(len(points) * seeds * len(rd_train), f"tuning {len(points)} settings")
+    features: dict[int, np.ndarray] = {}
+
+    def contexts(dim: int, rows: np.ndarray) -> np.ndarray:
+        if dim not in features:  # both splits of a dim from one featurisation
+            features[dim] = featurize(dim)
+        return features[dim][rows]
+
+    kinds = len({p.kind for p in points})
+    statics = len(static_specs(rd_train, cost_weight, scale))
+    bar = progress_bar(
+        len(points) * seeds * len(rd_train) + (kinds + statics) * seeds * len(rd_test),
+        f"tuning {len(points)} settings, then held-out",
+    )
     result = run_tune(
         points,
-        lambda dim: featurize(dim)[rows],
+        lambda dim: contexts(dim, train_rows),
         rd_train,
         target_lam=cost_weight,
         cost_scale=scale,
         seeds=seeds,
         progress=bar.update,
     )
+    heldout = run_heldout(
+        result,
+        lambda dim: contexts(dim, test_rows),
+        rd_train,
+        rd_test,
+        cost_scale=scale,
+        split=how,
+        progress=bar.update,
+    )
     bar.close()
     report, config = write_tune_report(
         result,
+        heldout,
         out,
-        f"Tuning on {rd.name} (train split: {len(rd_train)} prompts, {len(rd.models)} models)",
+        f"Tuning on {rd.name}: chosen on {len(rd_train)} train prompts, reported on "
+        f"{len(rd_test)} held-out test prompts, {len(rd.models)} models",
         models,
     )
-    table = Table(title=f"best settings per policy, target lambda={cost_weight} (mean ± 95% CI)")
-    for col in ("policy", "setting", "reward"):
+    table = Table(
+        title=f"HELD-OUT reward on the test split ({len(rd_test)} prompts, {how}), "
+        f"target lambda={cost_weight} (mean ± 95% CI); the train-split score only selected"
+    )
+    for col in (
+        "router",
+        "setting (chosen on train)",
+        "held-out reward",
+        "held-out, after warm-up",
+        "train-split score",
+    ):
         table.add_column(col)
-    for kind in dict.fromkeys(r.point.kind for r in result.rows):
-        b = result.best(kind)
-        table.add_row(kind, b.point.label(), str(b.score))
+    for r in heldout.rows:
+        table.add_row(
+            f"{r.name} (winner)" if r.name == heldout.winner else r.name,
+            r.setting or "-",
+            str(r.reward),
+            str(r.reward_after_warmup),
+            str(r.train_score) if r.train_score else "-",
+        )
     console.print(table)
-    console.print(f"best: {result.best().point.label()}; config: {config}; report: {report}")
+    win = heldout.row(heldout.winner)
+    console.print(
+        f"best on train: {win.setting} (train-split score {win.train_score}); "
+        f"held-out reward on test: {win.reward}; config: {config}; report: {report}"
+    )
 
 
 def parse_overrides(items: list[str], policies: set[str]) -> dict[str, dict[str, Any]]:

@@ -1,19 +1,35 @@
 """`banditroute tune` on cases with a known answer: the grid, the scoring at the target
-λ, the sensitivity table, and a config the service really loads."""
+λ, the sensitivity table, the held-out replay on the test split, and a config the
+service really loads."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from policies import make_policy
 from service.settings import load_settings
-from simulator.data import RoutingData
-from simulator.tune import GridPoint, TuneResult, TuneRow, grid, run_tune, service_config
+from simulator.data import RoutingData, load_routing_data
+from simulator.replay import seeded_order
+from simulator.tune import (
+    TABLE_SPLIT,
+    GridPoint,
+    TuneResult,
+    TuneRow,
+    grid,
+    run_heldout,
+    run_tune,
+    score_point,
+    service_config,
+    split_rows,
+)
 from tests.test_simulate import _table
 
 
@@ -140,15 +156,175 @@ def test_tune_command_writes_report_and_config(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    for name in ("tune.md", "tune.csv", "sensitivity.png", "config.yaml"):
+    for name in ("tune.md", "tune.csv", "sensitivity.png", "config.yaml", "heldout.json"):
         assert (out / name).stat().st_size > 0
     settings = load_settings(out / "config.yaml")
     assert settings.policies["default"].kind in ("linucb", "thompson")
     assert settings.projection_dim == 16
     assert (out / "tune.csv").read_text().count("\n") == 1 + 3  # header and 3 settings
-    assert "## Sensitivity" in (out / "tune.md").read_text()
+    report = (out / "tune.md").read_text()
+    assert "## Result: held-out reward on the test split" in report
+    assert "## Sensitivity (train split)" in report
+    # the table's own split: 225 train rows and 75 test rows
+    heldout = json.loads((out / "heldout.json").read_text())
+    assert (heldout["train_rows"], heldout["test_rows"]) == (225, 75)
+    assert {"linucb", "thompson", "only strong"} <= {r["router"] for r in heldout["routers"]}
     bad = CliRunner().invoke(app, ["tune", "--data", str(data), "--alpha", "x"])
     assert bad.exit_code != 0 and "not a comma-separated list" in bad.output
+
+
+def shifted(
+    test_a: np.ndarray, test_b: np.ndarray, n_train: int = 300
+) -> tuple[RoutingData, RoutingData, np.ndarray, np.ndarray]:
+    """Train rows: "a" always right, "b" never. Test rows: the planted qualities. Both
+    models cost one cost unit (0.001 USD), so reward at λ is quality − λ. One constant
+    context: the learners can only learn which model is better on average."""
+    n = n_train + len(test_a)
+    quality = np.vstack([np.tile([1.0, 0.0], (n_train, 1)), np.column_stack([test_a, test_b])])
+    data = RoutingData(
+        name="shifted",
+        prompts=[f"p{i}" for i in range(n)],
+        tasks=np.full(n, "t"),
+        split=np.array(["train"] * n_train + ["test"] * len(test_a)),
+        models=["a", "b"],
+        quality=quality,
+        cost=np.full((n, 2), 0.001),
+    )
+    train, test, how = split_rows(data)
+    assert how == TABLE_SPLIT and len(train) == n_train
+    return data.subset(train), data.subset(test), train, test
+
+
+LAM, SCALE = 0.2, 0.001
+
+
+def test_heldout_reward_is_earned_on_the_test_rows_not_the_tuned_ones() -> None:
+    # planted: "a" is best on train, "b" on test (0/1 outcomes, means about 0.1 and 0.5)
+    rng = np.random.default_rng(1)
+    qa = (rng.random(300) < 0.1).astype(float)
+    qb = (rng.random(300) < 0.5).astype(float)
+    train, test, _, _ = shifted(qa, qb)
+    x = np.ones((len(train) + len(test), 1))
+    points = grid(
+        ["linucb", "thompson"], {"alpha": [0.1, 1.0], "v": [0.1], "gamma": [1.0]}, [8], [LAM]
+    )
+    result = run_tune(
+        points, lambda dim: x[: len(train)], train, target_lam=LAM, cost_scale=SCALE, seeds=2
+    )
+    held = run_heldout(result, lambda dim: x[len(train) :], train, test, cost_scale=SCALE)
+    assert (held.train_rows, held.test_rows, held.seeds) == (300, 300, 2)
+    assert held.warmup == 100  # a third of a stream shorter than 3,000, as simulate's rule
+
+    # static routers by hand from the planted test rows; "best fixed" was chosen on train
+    fixed = held.row("best fixed (a)")
+    assert fixed.rewards == pytest.approx([qa.mean() - LAM] * 2)
+    assert held.row("only b").reward.mean == pytest.approx(qb.mean() - LAM)
+    for seed, after in enumerate(fixed.after_warmup):
+        assert after == pytest.approx(qa[seeded_order(300, seed)][100:].mean() - LAM)
+    assert not fixed.learns and fixed.train_score is None
+
+    # each kind's chosen setting: what it earns replayed afresh on the test rows alone
+    for kind in ("linucb", "thompson"):
+        row, chosen = held.row(kind), result.best(kind)
+        assert row.setting == chosen.point.label()
+        again = score_point(
+            chosen.point, x[len(train) :], test, target_lam=LAM, cost_scale=SCALE, seeds=2
+        )
+        assert row.rewards == pytest.approx(again.scores)
+        # on train "a" is always right (≈ 1 − λ = 0.8); no router does better on test
+        # than always "b" (≈ 0.3): a figure from the tuned rows would fail both
+        assert row.train_score is not None and row.train_score.mean > 0.7
+        assert row.reward.mean <= qb.mean() - LAM + 1e-9
+        assert row.train_score.mean - row.reward.mean > 0.4
+        # it learns the switch to "b": above the model chosen on train
+        assert row.reward_after_warmup.mean > fixed.reward.mean + 0.2
+    assert held.winner == result.best().point.kind
+    assert held.as_dict()["winner"]["setting"] == result.best().point.label()
+
+
+def test_heldout_learner_figure_is_exact_when_the_test_models_tie() -> None:
+    # on test both models earn 0.3 on every row: any routing, exploration included, earns
+    # exactly 0.3 − λ = 0.1 there, while on train the learner earns close to 0.8
+    train, test, _, _ = shifted(np.full(150, 0.3), np.full(150, 0.3))
+    x = np.ones((450, 2))
+    points = grid(["linucb"], {"alpha": [0.3], "gamma": [1.0]}, [2], [0.5])
+    result = run_tune(points, lambda dim: x[:300], train, target_lam=LAM, cost_scale=SCALE, seeds=3)
+    held = run_heldout(result, lambda dim: x[300:], train, test, cost_scale=SCALE)
+    row = held.row("linucb")
+    assert row.rewards == pytest.approx([0.1] * 3)
+    assert row.after_warmup == pytest.approx([0.1] * 3)
+    assert row.train_score is not None and row.train_score.mean > 0.7
+
+
+def test_split_rows_uses_the_tables_split_else_a_seeded_half() -> None:
+    data, _ = cheap_or_strong(n=101)  # every row "train": no split
+    train, test, how = split_rows(data)
+    assert "50/50" in how and "seed 0" in how
+    assert (len(train), len(test)) == (50, 51)
+    assert not set(train) & set(test) and set(train) | set(test) == set(range(101))
+    assert list(train) == sorted(train)
+    again, _, _ = split_rows(data)
+    other, _, _ = split_rows(data, seed=1)
+    assert np.array_equal(train, again) and not np.array_equal(train, other)
+    labelled = replace(data, split=np.where(np.arange(101) % 4 == 0, "test", "train"))
+    train, test, how = split_rows(labelled)
+    assert how == TABLE_SPLIT and list(test) == list(range(0, 101, 4))
+    with pytest.raises(ValueError, match="too few rows"):
+        split_rows(data.subset(np.arange(1)))
+
+
+def test_tune_command_reports_heldout_on_a_table_without_a_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI end to end, with made-up contexts in place of the embedding model."""
+    import simulator.cli as cli
+
+    rng = np.random.default_rng(2)
+    n = 200
+    cheap = (rng.random(n) < 0.6).astype(float)
+    path = tmp_path / "nosplit.parquet"
+    pd.DataFrame(
+        {
+            "prompt": [f"p{i}" for i in range(n)],
+            "cheap": cheap,
+            "cheap|total_cost": 0.0001,
+            "strong": 1.0,
+            "strong|total_cost": 0.001,
+        }
+    ).to_parquet(path)
+    monkeypatch.setattr(
+        cli,
+        "_embedded",
+        lambda data, limit, cache_dir: (load_routing_data(data), lambda dim: np.ones((n, 2))),
+    )
+    out = tmp_path / "tune"
+    args = ["tune", "--data", str(path), "--out", str(out), "--policies", "linucb"]
+    args += ["--alpha", "0.3", "--gamma", "1", "--projection-dims", "2", "--learn-lams", "0.2"]
+    result = CliRunner().invoke(cli.app, [*args, "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "HELD-OUT" in result.output and "held-out reward on test" in result.output
+
+    heldout = json.loads((out / "heldout.json").read_text())
+    assert "50/50" in heldout["split"]
+    assert (heldout["train_rows"], heldout["test_rows"]) == (100, 100)
+    routers = {r["router"]: r for r in heldout["routers"]}
+    assert heldout["winner"]["policy"] == "linucb" and routers["linucb"]["winner"]
+    assert routers["linucb"]["train_score"] is not None
+    # "only cheap" on the held-out half by hand: the table's own seeded split
+    _, test, _ = split_rows(load_routing_data(path))
+    scale = 0.001  # the priciest model's mean cost on train
+    expected = cheap[test].mean() - 0.2 * 0.0001 / scale
+    assert routers["only cheap"]["heldout_reward"]["mean"] == pytest.approx(expected)
+    assert routers["only strong"]["heldout_reward"]["mean"] == pytest.approx(1 - 0.2)
+
+    report = (out / "tune.md").read_text()
+    assert report.index("## Result: held-out reward on the test split") < report.index(
+        "## Tuning on the train split (selection only)"
+    )
+    rows = (out / "tune.csv").read_text().splitlines()
+    assert rows[0].endswith("heldout_reward,heldout_low,heldout_high,heldout_after_warmup")
+    assert f"{routers['linucb']['heldout_reward']['mean']:.6f}" in rows[1]
+    assert "held-out reward on the test split" in (out / "config.yaml").read_text()
 
 
 def test_simulate_settings_overrides_parse_and_reject() -> None:

@@ -37,52 +37,41 @@ def replay(
     ] = 64,
     limit: Annotated[int, typer.Option(min=0, help="use only the first N prompts (0: all)")] = 0,
     cache_dir: Annotated[Path, typer.Option(help="embedding cache")] = Path(".cache/embeddings"),
+    models: Annotated[
+        str, typer.Option(help="comma-separated models to replay (default: all of the table)")
+    ] = "",
+    jobs: Annotated[
+        int, typer.Option(min=0, help="worker processes (0: one per CPU; 1: serial)")
+    ] = 0,
 ) -> None:
     """Replay logged outcomes online through the bandits and static routers, and print
     mean quality, cost, reward and regret against the oracle (95% intervals over seeds)."""
-    from policies import make_policy
-    from simulator.replay import (
-        cost_scale_of,
-        progress_bar,
-        replay_online,
-        rewards,
-        seeded_order,
-    )
+    from simulator.parallel import default_jobs
+    from simulator.replay import cost_scale_of, progress_bar, rewards
+    from simulator.simulate import RouterSpec, run_online
 
     console = Console()
-    rd, X = _contexts(data, limit, projection_dim, cache_dir)
+    rd, X = _selected_contexts(data, models, limit, projection_dim, cache_dir)
     scale = cost_scale_of(rd)
     r = rewards(rd, cost_weight, scale)
     best = rd.models[int(np.nanargmax(np.nanmean(r, axis=0)))]
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    results: dict[str, list] = {n: [] for n in names}
+    specs = [
+        RouterSpec(n, "fixed", {"model": best}) if n == "best-fixed" else RouterSpec(n, n)
+        for n in names
+    ]
     bar = progress_bar(len(names) * seeds * len(rd), "replaying")
-    for name in names:
-        kind, params = ("fixed", {"model": best}) if name == "best-fixed" else (name, {})
-        for seed in range(seeds):
-            policy = make_policy(
-                kind,
-                rd.models,
-                X.shape[1],
-                seed=seed,
-                cost_weight=cost_weight,
-                cost_scale=scale,
-                **params,
-            )
-            results[name].append(
-                replay_online(
-                    policy,
-                    X,
-                    rd,
-                    seeded_order(len(rd), seed),
-                    lam=cost_weight,
-                    cost_scale=scale,
-                    name=name,
-                    seed=seed,
-                    progress=bar.update,
-                )
-            )
+    results = run_online(
+        rd,
+        X,
+        specs,
+        seeds=seeds,
+        lam=cost_weight,
+        cost_scale=scale,
+        progress=bar.update,
+        jobs=jobs or default_jobs(),
+    ).runs
     bar.close()
 
     table = Table(
@@ -144,16 +133,29 @@ def simulate(
             help="a learning policy's parameter, e.g. --set linucb.alpha=0.1 (repeatable)",
         ),
     ] = None,
+    models: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated models to replay (default: all of the table); with "
+            "exactly two, the report adds APGR and CPT (RouteLLM)"
+        ),
+    ] = "",
+    jobs: Annotated[
+        int, typer.Option(min=0, help="worker processes (0: one per CPU; 1: serial)")
+    ] = 0,
 ) -> None:
     """Every router side by side: the online protocol (regret, cost, traffic share), the
     deploy protocol over a lambda sweep (frontier, AIQ, cost at 95%/100% of the best
-    model's quality) with supervised references and the oracle, off-policy estimates of
-    the static routers, and drift and new-model scenarios. Writes OUT/report.md and PNGs."""
+    model's quality, as deployed and greedy) with supervised references and the oracle,
+    strong/weak metrics for two models, off-policy estimates of the static routers, and
+    drift and new-model scenarios. Writes OUT/report.md and PNGs (and OUT/apgr.csv)."""
+    from simulator.parallel import default_jobs
     from simulator.replay import cost_scale_of, progress_bar, replay_online, seeded_order
     from simulator.report import write_report
     from simulator.scenarios import Scenario
     from simulator.simulate import (
         build,
+        deploy_steps,
         learning_spec,
         off_policy,
         run_deploy,
@@ -162,7 +164,7 @@ def simulate(
     )
 
     console = Console()
-    rd, X = _contexts(data, limit, projection_dim, cache_dir)
+    rd, X = _selected_contexts(data, models, limit, projection_dim, cache_dir)
     scale = cost_scale_of(rd)
     try:
         learning = [learning_spec(p.strip()) for p in policies.split(",") if p.strip()]
@@ -178,11 +180,11 @@ def simulate(
     if ope_log not in {s.name for s in learning + statics}:
         raise typer.BadParameter(f"{ope_log!r} is not a router of this run", param_hint="--ope-log")
     has_split = {"train", "test"} <= set(rd.split.tolist())
-    deploy_steps = int((rd.split == "train").sum() + (rd.split == "test").sum())
     total = (len(learning) + len(statics)) * seeds * len(rd) + len(rd) * (2 + len(statics))
     if has_split:
-        total += len(learning) * len(sweep) * seeds * deploy_steps
+        total += deploy_steps(rd, len(learning), sweep, seeds, cost_weight)
     bar = progress_bar(total, "simulating")
+    n_jobs = jobs or default_jobs()
     online = run_online(
         rd,
         X,
@@ -192,6 +194,7 @@ def simulate(
         cost_scale=scale,
         overrides=overrides,
         progress=bar.update,
+        jobs=n_jobs,
     )
     deploy = None
     if has_split:
@@ -205,6 +208,8 @@ def simulate(
             cost_scale=scale,
             overrides=overrides,
             progress=bar.update,
+            jobs=n_jobs,
+            pair_lam=cost_weight,
         )
     # drift and a new model, on the first learning policy: the best model in hindsight
     # halves its quality midway / is held back until midway
@@ -240,6 +245,7 @@ def simulate(
     report = write_report(
         out,
         f"Simulation of {rd.name}: {len(rd)} prompts, {len(rd.models)} models, {seeds} seeds"
+        + (f" (models: {', '.join(rd.models)})" if models.strip() else "")
         + "".join(f"; {n} {p}" for n, p in overrides.items()),
         online,
         deploy,
@@ -258,6 +264,28 @@ def simulate(
         )
     console.print(table)
     console.print(f"report: {report}")
+
+
+def _selected_contexts(
+    data: Path, models: str, limit: int, projection_dim: int, cache_dir: Path
+) -> tuple[Any, np.ndarray]:
+    """`_contexts` narrowed to the --models (all when empty): the first `limit` rows of
+    the table, less those where none of the models has an outcome."""
+    from simulator.data import load_routing_data
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        return _contexts(data, limit, projection_dim, cache_dir)
+    try:
+        # checked before the embedder loads, so a typo fails at once
+        load_routing_data(data).select_models(names)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--models") from None
+    rd, X = _contexts(data, limit, projection_dim, cache_dir)
+    narrowed, rows = rd.select_models(names)
+    if not len(rows):
+        raise typer.BadParameter(f"no prompt has an outcome of {names}", param_hint="--models")
+    return narrowed, X[rows]
 
 
 def _contexts(

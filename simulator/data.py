@@ -3,7 +3,8 @@ model and a `<model>|total_cost` column with that call's cost in USD."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,27 @@ class RoutingData:
             quality=self.quality[rows],
             cost=self.cost[rows],
         )
+
+    def select_models(self, models: Sequence[str]) -> tuple[RoutingData, np.ndarray]:
+        """The table restricted to `models` (in the order given), and the indices into
+        this table of the rows it keeps, shape (m,): a row where none of them has an
+        outcome is dropped (nothing could be routed there); a missing outcome of one of
+        them stays NaN, masked as everywhere else."""
+        names = list(models)
+        unknown = [m for m in names if m not in self.models]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known models: {self.models}")
+        if not names:
+            raise ValueError(f"no model selected; known models: {self.models}")
+        repeated = sorted({m for m in names if names.count(m) > 1})
+        if repeated:
+            raise ValueError(f"model(s) {repeated} selected more than once")
+        cols = [self.models.index(m) for m in names]
+        narrowed = replace(
+            self, models=names, quality=self.quality[:, cols], cost=self.cost[:, cols]
+        )
+        rows = np.flatnonzero(narrowed.available.any(axis=1))
+        return narrowed.subset(rows), rows
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from policies import Policy
+from policies import Decision, Policy
 from simulator.data import RoutingData
 from simulator.feedback import FeedbackChannel, FeedbackSpec, Outcome
 from simulator.scenarios import Scenario
@@ -66,6 +66,7 @@ def replay_online(
     scenario: Scenario | None = None,
     feedback: FeedbackSpec | None = None,
     learn: bool = True,
+    greedy: bool = False,
 ) -> ReplayResult:
     """Replay `data` rows in `order` through `policy` (contexts: shape (n, dim)).
 
@@ -74,7 +75,8 @@ def replay_online(
     `scenario` changes the stream (drift, task-mix shift, a model joining or leaving);
     `feedback` delays, drops, perturbs or batches what the policy learns from. The
     reported quality, cost and reward are always the true ones. With learn=False the
-    policy is frozen (the deploy protocol's evaluation).
+    policy is frozen (the deploy protocol's evaluation). With greedy=True the policy's
+    own sampled choice is replaced by `greedy_choice` (exploration off; propensity 1).
     """
     stream = (scenario or Scenario()).stream(data, order)
     channel = FeedbackChannel(feedback or FeedbackSpec(), seed=seed)
@@ -107,18 +109,19 @@ def replay_online(
             policy.add_model(stream.joins)
         cands = [models[k] for k in np.flatnonzero(stream.offered[t])]
         d = policy.choose(contexts[i], cands, lam, text=data.prompts[i])
-        k = index[d.model]
+        model = greedy_choice(d, lam, cost_scale) if greedy else d.model
+        k = index[model]
         chosen[t] = k
-        prop[t] = d.propensity
+        prop[t] = 1.0 if greedy else d.propensity
         if learn:
             channel.send(
                 Outcome(
                     t,
                     i,
-                    d.model,
+                    model,
                     float(stream.quality[t, k]),
                     float(stream.cost[t, k]),
-                    d.propensity,
+                    float(prop[t]),
                 )
             )
         if progress is not None:
@@ -142,6 +145,52 @@ def replay_online(
     )
 
 
+def greedy_choice(decision: Decision, lam: float, cost_scale: float) -> str:
+    """The candidate a policy serves with exploration off: the argmax of its expected
+    quality - lam * expected cost (USD) / cost_scale (ties: the first candidate).
+
+    A policy that models neither (VW folds them into one reward and reports only its
+    action distribution) gives the mode of that distribution instead: its greedy
+    action under SquareCB and epsilon-greedy exploration.
+    """
+    q, c = decision.expected_quality, decision.expected_cost
+    if q is None or c is None:
+        p = decision.probabilities
+        return max(p, key=p.__getitem__)
+    return max(q, key=lambda m: q[m] - lam * c[m] / cost_scale)
+
+
+def quality_gap(
+    policy: Policy,
+    contexts: np.ndarray,
+    data: RoutingData,
+    rows: np.ndarray,
+    strong: str,
+    weak: str,
+    *,
+    lam: float,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, bool]:
+    """How much better a (frozen) policy expects `strong` to answer than `weak` on each
+    of `rows`, shape (m,): the difference of its expected qualities, choosing between
+    the two at `lam`. Also whether that is what the scores are: a policy without
+    expected qualities (VW) gives P(strong) - P(weak) at `lam` instead, which orders
+    prompts by its predicted reward gap, quality's gap less the cost's.
+    """
+    gap = np.empty(len(rows))
+    from_quality = True
+    for t, i in enumerate(rows):
+        d = policy.choose(contexts[i], [strong, weak], lam, text=data.prompts[i])
+        if d.expected_quality is not None:
+            gap[t] = d.expected_quality[strong] - d.expected_quality[weak]
+        else:
+            from_quality = False
+            gap[t] = d.probabilities[strong] - d.probabilities[weak]
+        if progress is not None:
+            progress(1)
+    return gap, from_quality
+
+
 def replay_deploy(
     policy: Policy,
     contexts: np.ndarray,
@@ -157,10 +206,7 @@ def replay_deploy(
     """The deploy protocol: learn online from bandit feedback on the `train` rows (in a
     seeded order), then freeze the policy and route the `test` rows. Returns the train
     replay and the frozen evaluation on test."""
-    train = np.flatnonzero(data.split == "train")
-    test = np.flatnonzero(data.split == "test")
-    if not len(train) or not len(test):
-        raise ValueError(f"data {data.name!r} needs rows with split 'train' and 'test'")
+    train, test = deploy_rows(data)
     rng = np.random.default_rng(seed)
     common: dict[str, Any] = {
         "lam": lam,
@@ -174,6 +220,15 @@ def replay_deploy(
     )
     frozen = replay_online(policy, contexts, data, test, learn=False, **common)
     return learned, frozen
+
+
+def deploy_rows(data: RoutingData) -> tuple[np.ndarray, np.ndarray]:
+    """The deploy protocol's (train, test) row indices."""
+    train = np.flatnonzero(data.split == "train")
+    test = np.flatnonzero(data.split == "test")
+    if not len(train) or not len(test):
+        raise ValueError(f"data {data.name!r} needs rows with split 'train' and 'test'")
+    return train, test
 
 
 def seeded_order(n: int, seed: int) -> np.ndarray:

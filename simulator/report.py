@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import matplotlib
@@ -13,8 +14,8 @@ import numpy as np  # noqa: E402
 
 from simulator import metrics  # noqa: E402
 from simulator.replay import ReplayResult  # noqa: E402
-from simulator.simulate import DeployRun, OnlineRun, OpeRow  # noqa: E402
-from simulator.stats import mean_ci  # noqa: E402
+from simulator.simulate import DeployRun, OnlineRun, OpeRow, PairRun  # noqa: E402
+from simulator.stats import Interval, mean_ci  # noqa: E402
 
 
 def _band(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,10 +70,11 @@ def plot_share(run: ReplayResult, models: list[str], path: Path, window: int = 3
     plt.close(fig)
 
 
-def plot_frontier(deploy: DeployRun, path: Path) -> None:
+def plot_frontier(deploy: DeployRun, path: Path, greedy: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, front in deploy.frontiers().items():
-        pts = np.array(deploy.points[name])
+    curves = deploy.curves(greedy)
+    for name, front in deploy.frontiers(greedy).items():
+        pts = np.array(curves[name])
         (line,) = ax.plot(1000 * front.cost, front.quality, label=name)
         ax.scatter(1000 * pts[:, 0], pts[:, 1], s=12, color=line.get_color())
     for m, (c, q) in deploy.models.items():
@@ -84,7 +86,8 @@ def plot_frontier(deploy: DeployRun, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("USD per 1k queries (test)")
     ax.set_ylabel("quality (test)")
-    ax.set_title("cost-quality frontier: λ sweep, deploy protocol")
+    how = "greedy (exploration off)" if greedy else "as deployed"
+    ax.set_title(f"cost-quality frontier: λ sweep, deploy protocol, {how}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -93,6 +96,119 @@ def plot_frontier(deploy: DeployRun, path: Path) -> None:
 
 def _fmt(x: float, digits: int = 3) -> str:
     return "–" if not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _deploy_table(table: dict[str, dict[str, float]]) -> list[str]:
+    lines = [
+        "| router | AIQ | cost for 95% of ref quality (% of ref cost) "
+        "| cost for 100% | best quality at ref cost |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | {_fmt(row['aiq'])} | {_fmt(row['cost_pct_95'], 1)} | "
+            f"{_fmt(row['cost_pct_100'], 1)} | {_fmt(row['quality_at_ref_cost'])} |"
+        )
+    return lines
+
+
+def _deploy_section(deploy: DeployRun, out: Path) -> list[str]:
+    ref, ref_cost, ref_quality = deploy.reference()
+    lines = [
+        "",
+        f"## Deploy protocol: learn on train, freeze, route test (λ ∈ {deploy.lams})",
+        "",
+        f"Reference: the best single model on test, {ref} (quality {ref_quality:.3f}, "
+        f"{1000 * ref_cost:.4f} USD / 1k). Oracle: quality {deploy.oracle[1]:.3f}, "
+        f"{1000 * deploy.oracle[0]:.4f} USD / 1k.",
+        "",
+        "### As deployed (each bandit's own sampled choice, exploration on)",
+        "",
+        *_deploy_table(deploy.table()),
+    ]
+    plot_frontier(deploy, out / "frontier.png")
+    lines += ["", "![frontier](frontier.png)", ""]
+    if deploy.greedy:
+        lines += [
+            "### Greedy (exploration off)",
+            "",
+            "The same frozen bandits choosing the argmax of expected quality − λ · "
+            "expected cost / cost scale; a policy that reports no expected quality or cost "
+            "(VW) takes the most probable model of its action distribution instead. The "
+            "supervised references route greedily in both tables.",
+            "",
+            *_deploy_table(deploy.table(greedy=True)),
+        ]
+        plot_frontier(deploy, out / "frontier-greedy.png", greedy=True)
+        lines += ["", "![frontier, greedy](frontier-greedy.png)", ""]
+    return lines
+
+
+def _pair_section(run: PairRun, out: Path) -> list[str]:
+    """The strong/weak metrics as a markdown section, and as OUT/apgr.csv."""
+    p = run.pair
+    qs, qw = float(run.q_strong.mean()), float(run.q_weak.mean())
+    lines = [
+        f"## Strong/weak routing: {p.strong} (strong) vs {p.weak} (weak)",
+        "",
+        f"RouteLLM's metrics on the {len(p.rows):,} test prompts where both models have an "
+        f"outcome (strong: mean quality {qs:.3f}, weak: {qw:.3f}). Each router scores every "
+        "prompt by its predicted quality of strong minus weak; sending the top fraction f "
+        "to the strong model traces quality against f. APGR: the area under the "
+        "performance gap recovered (0.5 for a random router); CPT(x%): the fraction of "
+        "calls to the strong model needed to recover x% of the gap. The bandits learned "
+        f"on train from bandit feedback at λ = {run.lam:g} and were frozen (mean ± 95% "
+        "over seeds). Prompts a router scores equally are split at random (in "
+        "expectation).",
+        "",
+    ]
+    table = run.table()
+    if not table:
+        return lines + ["Both models have the same mean quality: there is no gap to recover.", ""]
+    lines += [
+        "| router | APGR | CPT(50%), % of calls to strong | CPT(80%), % | ranked by |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    ranked_by = {
+        "random": "nothing (the expected random router)",
+        "oracle": "the true quality difference",
+        **run.ranked_by,
+    }
+    for name, m in table.items():
+        lines.append(
+            f"| {name} | {_iv(m['apgr'])} | {_iv(m['cpt50'], pct=True)} | "
+            f"{_iv(m['cpt80'], pct=True)} | {ranked_by[name]} |"
+        )
+    _write_pair_csv(out / "apgr.csv", table, ranked_by, {n: len(s) for n, s in run.scores.items()})
+    return lines + ["", "Machine-readable: [apgr.csv](apgr.csv).", ""]
+
+
+def _iv(x: Interval, pct: bool = False) -> str:
+    k, digits = (100.0, 1) if pct else (1.0, 3)
+    text = f"{k * x.mean:.{digits}f}"
+    if x.high > x.low:
+        text += f" ± {k * (x.high - x.low) / 2:.{digits}f}"
+    return text
+
+
+def _write_pair_csv(
+    path: Path,
+    table: dict[str, dict[str, Interval]],
+    ranked_by: dict[str, str],
+    fits: dict[str, int],
+) -> None:
+    """One row per router; CPTs as fractions of calls to the strong model."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        header = ["router"]
+        for k in ("apgr", "cpt50", "cpt80"):
+            header += [k, f"{k}_low", f"{k}_high"]
+        w.writerow([*header, "fits", "ranked_by"])
+        for name, m in table.items():
+            row: list[str | float | int] = [name]
+            for k in ("apgr", "cpt50", "cpt80"):
+                row += [repr(m[k].mean), repr(m[k].low), repr(m[k].high)]
+            w.writerow([*row, fits.get(name, 1), ranked_by[name]])
 
 
 def write_report(
@@ -107,6 +223,7 @@ def write_report(
     ope_log: str = "",
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    (out / "apgr.csv").unlink(missing_ok=True)  # a previous run's, for other models
     lines = [f"# {title}", ""]
     lines += [
         f"## Online protocol (λ = {online.lam}; mean ± 95% interval over seeds)",
@@ -135,26 +252,9 @@ def write_report(
             plot_share(online.runs[name][0], models, out / f"share-{name}.png")
             lines.append(f"![traffic share, {name}](share-{name}.png)")
     if deploy is not None:
-        ref, ref_cost, ref_quality = deploy.reference()
-        lines += [
-            "",
-            f"## Deploy protocol: learn on train, freeze, route test (λ ∈ {deploy.lams})",
-            "",
-            f"Reference: the best single model on test, {ref} (quality {ref_quality:.3f}, "
-            f"{1000 * ref_cost:.4f} USD / 1k). Oracle: quality {deploy.oracle[1]:.3f}, "
-            f"{1000 * deploy.oracle[0]:.4f} USD / 1k.",
-            "",
-            "| router | AIQ | cost for 95% of ref quality (% of ref cost) "
-            "| cost for 100% | best quality at ref cost |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for name, row in deploy.table().items():
-            lines.append(
-                f"| {name} | {_fmt(row['aiq'])} | {_fmt(row['cost_pct_95'], 1)} | "
-                f"{_fmt(row['cost_pct_100'], 1)} | {_fmt(row['quality_at_ref_cost'])} |"
-            )
-        plot_frontier(deploy, out / "frontier.png")
-        lines += ["", "![frontier](frontier.png)", ""]
+        lines += _deploy_section(deploy, out)
+        if deploy.pair is not None:
+            lines += _pair_section(deploy.pair, out)
     if ope:
         lines += [
             f"## Off-policy estimates of the static routers from the log of {ope_log}",

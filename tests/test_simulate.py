@@ -88,6 +88,15 @@ def test_simulate_command_writes_the_report(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     for section in ("Online protocol", "Deploy protocol", "Off-policy", "Scenario: drift"):
         assert section in report
-    for png in ("regret.png", "frontier.png", "share-linucb.png", "scenario-drift.png"):
+    assert "### Greedy (exploration off)" in report and "| linucb (greedy) |" in report
+    # three models: no strong/weak pair, so no APGR section
+    assert "Strong/weak" not in report and not (out / "apgr.csv").exists()
+    for png in (
+        "regret.png",
+        "frontier.png",
+        "frontier-greedy.png",
+        "share-linucb.png",
+        "scenario-drift.png",
+    ):
         assert (out / png).stat().st_size > 1000
     assert len(load_routing_data(data).models) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from policies.base import Decision, ModelStats, Policy, PolicyError, decode_state
+from policies.hybrid import HybridLinear
 from policies.linucb import LinUCB
 from policies.static import FixedRouter, RandomRouter, RuleRouter
 from policies.thompson import LinearThompson
@@ -12,10 +13,18 @@ from policies.vw import VowpalPolicy
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (LinUCB, LinearThompson, VowpalPolicy, FixedRouter, RandomRouter, RuleRouter)
+    for cls in (
+        LinUCB,
+        LinearThompson,
+        HybridLinear,
+        VowpalPolicy,
+        FixedRouter,
+        RandomRouter,
+        RuleRouter,
+    )
 }
 
-LEARNING = ("linucb", "thompson", "vw")
+LEARNING = ("linucb", "thompson", "hybrid", "vw")
 
 
 def make_policy(kind: str, models: list[str], dim: int, **params: Any) -> Policy:
@@ -39,6 +48,7 @@ __all__ = [
     "REGISTRY",
     "Decision",
     "FixedRouter",
+    "HybridLinear",
     "LinUCB",
     "LinearThompson",
     "ModelStats",

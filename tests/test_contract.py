@@ -17,6 +17,7 @@ MODELS = ["cheap", "mid", "strong"]
 PARAMS: dict[str, dict[str, Any]] = {
     "linucb": {},
     "thompson": {},
+    "hybrid": {},
     "vw": {},
     "fixed": {"model": "mid"},
     "random": {"weights": {"cheap": 2.0}},

@@ -163,6 +163,21 @@ class Policy(ABC):
         self._stats[model] = ModelStats()
         self._add_model(model)
 
+    def set_prior(
+        self,
+        model: str,
+        *,
+        quality: float | None = None,
+        strength: float | None = None,
+        cost: float | None = None,
+    ) -> bool:
+        """Tell the policy what is known of `model` before its feedback (an expected
+        quality worth `strength` pseudo-observations, an expected cost in USD per call).
+        Returns whether this policy uses priors; the default keeps its own cold start."""
+        if model not in self._stats:
+            raise PolicyError(f"unknown model {model!r}; known models: {self._models}")
+        return False
+
     def remove_model(self, model: str) -> None:
         if model not in self._stats:
             raise PolicyError(f"unknown model {model!r}")

@@ -244,7 +244,7 @@ class HybridLinear(Policy):
         quality: float | None = None,
         strength: float | None = None,
         cost: float | None = None,
-    ) -> None:
+    ) -> bool:
         """What a deployment knows of `model` before its feedback: an expected quality
         worth `strength` pseudo-observations (the precision of its intercept), and an
         expected cost per call in USD. The learned deviations are relative to these."""
@@ -264,6 +264,7 @@ class HybridLinear(Policy):
             self._D[i, -1] = n
             self._Ainv[i] = np.diag(1.0 / self._D[i])
             self._Ainv32[i] = self._Ainv[i]
+        return True
 
     def priors(self) -> dict[str, dict[str, float]]:
         """Each model's prior: quality, its strength and the expected cost."""

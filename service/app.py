@@ -96,10 +96,10 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         serving[name] = await _restore(
             name,
             st,
-            lambda n=name, c=cfg: build_policy(n, c, list(catalogue), featurizer.dim),
+            lambda n=name, c=cfg: build_policy(n, c, catalogue, featurizer.dim),
             featurizer.dim,
         )
-        serving[name].sync_models(list(catalogue))
+        serving[name].sync_models(catalogue)
     rt = Runtime(
         settings=settings,
         store=st,
@@ -121,7 +121,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
                 every_ms=settings.snapshot_every_ms,
                 lease_ttl_ms=settings.lease_ttl_ms,
                 default_reward=settings.default_reward,
-                models=rt.confirmed_model_names,
+                models=rt.confirmed_catalogue,
             )
             rt.learners.append(learner)
             rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
@@ -131,14 +131,14 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
 
 def _fresh(name: str, cfg: PolicyConfig, rt: Runtime, dim: int) -> Policy:
     """A cold-start policy over the current catalogue (the learner's first state)."""
-    return build_policy(name, cfg, rt.model_names(), dim)
+    return build_policy(name, cfg, rt.catalogue, dim)
 
 
 async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPrice], bool]:
     """The model catalogue, and whether it was read from the store (False: the
     configured one, as a stand-in while the store is down)."""
     configured = {
-        m.name: ModelPrice(m.name, m.input_per_m, m.output_per_m) for m in settings.models
+        m.name: m.price() for m in settings.models
     }
     try:
         stored = await st.get_models()
@@ -248,11 +248,11 @@ async def _refresh(rt: Runtime) -> None:
                     rt.catalogue = dict(stored)  # new prices reach every worker too
                     if renamed:
                         for serving in rt.policies.values():
-                            serving.sync_models(rt.model_names())
+                            serving.sync_models(rt.catalogue)
                 rt.catalogue_confirmed = True
             for name, serving in rt.policies.items():
                 seen = await rt.store.snapshot_version(name)
-                serving.notice_version(rt.store, seen, rt.model_names())
+                serving.notice_version(rt.store, seen, rt.catalogue)
             rt.store_ok = True
         except StoreUnavailable:
             rt.store_ok = False

@@ -118,13 +118,13 @@ async def _run_learners(settings: Any, signal: Any) -> None:
     from service.serving import build_policy
     from service.settings import PolicyConfig
     from service.store import open_store
-    from service.store.base import StoreUnavailable
+    from service.store.base import ModelPrice, StoreUnavailable
 
     store = await open_store(settings.redis_url, settings.state_dir, prefix=settings.key_prefix)
     dim = Featurizer(Embedder(), projection_dim=settings.projection_dim).dim
-    configured = [m.name for m in settings.models]
+    configured = {m.name: m.price() for m in settings.models}
     # None until the store has answered: a learner must not drop models on a guess
-    catalogue: list[str] | None = None
+    catalogue: dict[str, ModelPrice] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,7 +135,7 @@ async def _run_learners(settings: Any, signal: Any) -> None:
         while not stop.is_set():
             try:
                 found = await store.get_models()
-                catalogue = list(found) if found else catalogue or configured
+                catalogue = found if found else catalogue or configured
             except StoreUnavailable:
                 pass  # the learners report the outage
             try:
@@ -156,7 +156,7 @@ async def _run_learners(settings: Any, signal: Any) -> None:
             every_ms=settings.snapshot_every_ms,
             lease_ttl_ms=settings.lease_ttl_ms,
             default_reward=settings.default_reward,
-            models=lambda: None if catalogue is None else list(catalogue),
+            models=lambda: catalogue,
         )
         for name, cfg in settings.policies.items()
     ]
@@ -187,7 +187,7 @@ def models(config: ConfigOpt = None) -> None:
                 pass
             await store.close()
         return found or {
-            m.name: ModelPrice(m.name, m.input_per_m, m.output_per_m) for m in settings.models
+            m.name: m.price() for m in settings.models
         }
 
     table = Table(title="model catalogue (USD per 1M tokens)")

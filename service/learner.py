@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies import Policy, PolicyError, load_policy
+from service.priors import Catalogue, add_model
 from service.store.base import (
     NOT_HELD,
     TAKEN,
@@ -67,7 +68,7 @@ class Learner:
         every_ms: int = 1000,
         lease_ttl_ms: int = 5000,
         default_reward: float | None = None,
-        models: Callable[[], list[str] | None] | None = None,
+        models: Callable[[], Catalogue | None] | None = None,
         owner: str | None = None,
     ) -> None:
         self.store = store
@@ -202,7 +203,7 @@ class Learner:
         known = set(self._policy.models)
         for m in catalogue:
             if m not in known:
-                self._policy.add_model(m)
+                add_model(self._policy, m, catalogue)
                 self._dirty += 1
         for m in known - set(catalogue):
             self._policy.remove_model(m)

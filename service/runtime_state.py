@@ -42,7 +42,7 @@ class Runtime:
     def model_names(self) -> list[str]:
         return list(self.catalogue)
 
-    def confirmed_model_names(self) -> list[str] | None:
+    def confirmed_catalogue(self) -> dict[str, ModelPrice] | None:
         """The catalogue for the learner, or None while it is only the configured
         stand-in: the learner must never drop a learned model on a guess."""
-        return self.model_names() if self.catalogue_confirmed else None
+        return dict(self.catalogue) if self.catalogue_confirmed else None

@@ -129,6 +129,12 @@ class ModelIn(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")
     input_per_m: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     output_per_m: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    # the prior a policy starts this model from: expected cost = price x expected tokens,
+    # and optionally an expected quality worth prior_strength observations
+    expected_input_tokens: int = Field(default=200, ge=0, le=10_000_000)
+    expected_output_tokens: int = Field(default=256, ge=0, le=10_000_000)
+    prior_quality: Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False)] = None
+    prior_strength: Annotated[float | None, Field(gt=0, le=1e6, allow_inf_nan=False)] = None
 
 
 class ModelOut(ModelIn):

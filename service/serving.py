@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from policies import Policy, PolicyError, load_policy, make_policy
+from service.priors import Catalogue, add_model, set_priors
 from service.settings import PolicyConfig
 from service.store.base import Store, StoreUnavailable
 
@@ -18,12 +19,15 @@ log = logging.getLogger("banditroute.serving")
 POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def build_policy(name: str, cfg: PolicyConfig, models: list[str], dim: int) -> Policy:
-    """A fresh policy as configured (the cold start before any snapshot exists)."""
+def build_policy(name: str, cfg: PolicyConfig, models: Catalogue, dim: int) -> Policy:
+    """A fresh policy as configured (the cold start before any snapshot exists), each
+    model with its catalogue prior."""
     if not POLICY_NAME.match(name):
         raise PolicyError(f"policy name {name!r} must match {POLICY_NAME.pattern}")
     params = {"seed": 0, **cfg.params, "cost_weight": cfg.cost_weight}
-    return make_policy(cfg.kind, list(models), dim, **params)
+    policy = make_policy(cfg.kind, list(models), dim, **params)
+    set_priors(policy, models)
+    return policy
 
 
 def check_dim(name: str, policy: Policy, dim: int) -> None:
@@ -46,22 +50,22 @@ class ServingPolicy:
         self.version = version
         self._reloading: asyncio.Task[None] | None = None
 
-    def sync_models(self, catalogue: list[str]) -> None:
+    def sync_models(self, catalogue: Catalogue) -> None:
         """Serve newly registered models at once (cold-start prior) and drop removed
         ones; the learner makes the same change in the state it publishes."""
         known = set(self.policy.models)
         for m in catalogue:
             if m not in known:
-                self.policy.add_model(m)
+                add_model(self.policy, m, catalogue)
         for m in known - set(catalogue):
             self.policy.remove_model(m)
 
-    def notice_version(self, store: Store, seen: int, catalogue: list[str]) -> None:
+    def notice_version(self, store: Store, seen: int, catalogue: Catalogue) -> None:
         """Called with the version read alongside a decision; reloads in the background."""
         if seen > self.version and (self._reloading is None or self._reloading.done()):
             self._reloading = asyncio.create_task(self.reload(store, catalogue))
 
-    async def reload(self, store: Store, catalogue: list[str]) -> None:
+    async def reload(self, store: Store, catalogue: Catalogue) -> None:
         try:
             snap = await store.load_snapshot(self.name)
         except StoreUnavailable:

@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from service.experiments import ExperimentConfig
+from service.store.base import ModelPrice
 
 
 class ModelConfig(BaseModel):
@@ -25,6 +26,21 @@ class ModelConfig(BaseModel):
     input_per_m: float = Field(ge=0)
     output_per_m: float = Field(ge=0)
     expected_output_tokens: int = Field(default=256, ge=0)
+    expected_input_tokens: int = Field(default=200, ge=0)
+    # what is known of its quality before feedback, worth prior_strength observations
+    # (policies that take priors: `hybrid`)
+    prior_quality: float | None = Field(default=None, ge=0, le=1)
+    prior_strength: float | None = Field(default=None, gt=0)
+
+    def price(self) -> ModelPrice:
+        """The catalogue entry, with the prior the policies start this model from."""
+        meta = {
+            "expected_input_tokens": self.expected_input_tokens,
+            "expected_output_tokens": self.expected_output_tokens,
+            "prior_quality": self.prior_quality,
+            "prior_strength": self.prior_strength,
+        }
+        return ModelPrice(self.name, self.input_per_m, self.output_per_m, meta)
 
 
 class PolicyConfig(BaseModel):

@@ -11,8 +11,17 @@ from service.store.base import ModelPrice, StoreUnavailable
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
+_PRIOR_FIELDS = (
+    "expected_input_tokens",
+    "expected_output_tokens",
+    "prior_quality",
+    "prior_strength",
+)
+
+
 def _out(m: ModelPrice) -> ModelOut:
-    return ModelOut(name=m.name, input_per_m=m.input_per_m, output_per_m=m.output_per_m)
+    meta = {k: m.meta[k] for k in _PRIOR_FIELDS if m.meta.get(k) is not None}
+    return ModelOut(name=m.name, input_per_m=m.input_per_m, output_per_m=m.output_per_m, **meta)
 
 
 def _unavailable() -> HTTPException:
@@ -31,14 +40,15 @@ async def list_models(rt: RuntimeDep, _auth: ClientAuth) -> list[ModelOut]:
 @router.post("", response_model=ModelOut, status_code=status.HTTP_201_CREATED)
 async def register_model(body: ModelIn, rt: RuntimeDep, _auth: AdminAuth) -> ModelOut:
     """Register (or re-price) a model; it joins every policy with a cold-start prior."""
-    price = ModelPrice(body.name, body.input_per_m, body.output_per_m)
+    meta = {k: getattr(body, k) for k in _PRIOR_FIELDS}
+    price = ModelPrice(body.name, body.input_per_m, body.output_per_m, meta)
     try:
         await rt.store.put_model(price)
     except StoreUnavailable as exc:
         raise _unavailable() from exc
     rt.catalogue[price.name] = price
     for serving in rt.policies.values():
-        serving.sync_models(rt.model_names())
+        serving.sync_models(rt.catalogue)
     return _out(price)
 
 
@@ -54,5 +64,5 @@ async def delete_model(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Response:
         raise _unavailable() from exc
     del rt.catalogue[name]
     for serving in rt.policies.values():
-        serving.sync_models(rt.model_names())
+        serving.sync_models(rt.catalogue)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -48,7 +48,7 @@ async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyS
     applied = snap.applied if snap else 0
     if snap is not None and snap.version > serving.version:
         # a status read is rare: wait for the reload so the stats match `version`
-        await serving.reload(rt.store, rt.model_names())
+        await serving.reload(rt.store, rt.catalogue)
     models = {}
     for m, st in serving.policy.stats().items():
         n = st.pulls

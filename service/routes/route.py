@@ -91,7 +91,7 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         seen = await rt.store.put_decision(rec)
     except StoreUnavailable:
         return degraded(rt, name, serving.version, candidates, rec.experiment, rec.variant)
-    serving.notice_version(rt.store, seen, rt.model_names())
+    serving.notice_version(rt.store, seen, rt.catalogue)
     rt.metrics.decisions.labels(name, d.model, "false").inc()
     for shadow, (model, _, unsupported) in shadows.items():
         try:

@@ -181,6 +181,11 @@ class Snapshot:
     published_at: float = 0.0
 
 
+# a typical routed prompt and answer, for a model whose catalogue entry says nothing
+DEFAULT_INPUT_TOKENS = 200
+DEFAULT_OUTPUT_TOKENS = 256
+
+
 @dataclass(frozen=True)
 class ModelPrice:
     """A model of the catalogue: USD per 1M input and per 1M output tokens."""
@@ -192,6 +197,23 @@ class ModelPrice:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
+
+    def prior(self) -> dict[str, float]:
+        """What the catalogue says before any feedback: the expected cost of a call
+        (price x expected tokens) and, where configured, an expected quality with its
+        strength in pseudo-observations."""
+        m = self.meta
+        out = {
+            "cost": self.cost(
+                int(m.get("expected_input_tokens", DEFAULT_INPUT_TOKENS)),
+                int(m.get("expected_output_tokens", DEFAULT_OUTPUT_TOKENS)),
+            )
+        }
+        if m.get("prior_quality") is not None:
+            out["quality"] = float(m["prior_quality"])
+        if m.get("prior_strength") is not None:
+            out["strength"] = float(m["prior_strength"])
+        return out
 
 
 def feedback_increments(event: FeedbackEvent) -> dict[str, float]:

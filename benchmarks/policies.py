@@ -15,7 +15,7 @@ from rich.table import Table
 from policies import make_policy
 from service.runtime import single_threaded_blas
 
-KINDS = ("linucb", "thompson", "vw")
+KINDS = ("linucb", "thompson", "hybrid", "vw")
 DIMS = (384, 64)
 MODEL_COUNTS = (2, 11, 29)
 

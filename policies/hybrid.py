@@ -284,7 +284,10 @@ class HybridLinear(Policy):
         """Expected quality, its posterior sd (unit noise) and expected cost in USD for
         augmented context z (shape (d + 1,)) and model rows idx (shape (K,))."""
         z32 = z.astype(np.float32)
-        U = (self._Ainv32[idx] @ z32).astype(np.float64)  # (K, p): A_m^{-1} z
+        n, p = self._Ainv32.shape[:2]
+        # one gemv over the whole stack reads each inverse once; fancy-indexing first
+        # would copy K p^2 floats. float32: the read is the cost, 7 digits are plenty
+        U = (self._Ainv32.reshape(n * p, p) @ z32).reshape(n, p)[idx].astype(np.float64)
         W = self._D[idx] * U  # (K, p): D_m A_m^{-1} z
         mean_q = (
             self.prior_quality

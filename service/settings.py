@@ -46,7 +46,7 @@ class ModelConfig(BaseModel):
 class PolicyConfig(BaseModel):
     """A named policy (a tenant): its kind and hyper-parameters, see `policies`."""
 
-    kind: str = "linucb"
+    kind: str = "hybrid"
     params: dict[str, Any] = Field(default_factory=dict)
     cost_weight: float = Field(default=0.2, ge=0)
     # run in shadow beside this served policy: see every request, learn from its
@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     decision_log_max: int = Field(default=100_000, ge=1)
     guardrail_every_s: float = Field(default=5.0, gt=0)
 
-    projection_dim: int | None = Field(default=64, ge=1, le=384)
+    # None: all 384 embedding dimensions (measured best with the hybrid learner)
+    projection_dim: int | None = Field(default=None, ge=1, le=384)
     embed_batch_max: int = Field(default=32, ge=1)
     embed_batch_wait_ms: float = Field(default=2.0, ge=0)
     embed_cache_size: int = Field(default=50_000, ge=0)

@@ -16,7 +16,7 @@ from service.cli import app
 from service.runtime import single_threaded_blas
 from simulator.stats import mean_ci
 
-DEFAULT_POLICIES = "linucb,thompson,vw,random,best-fixed"
+DEFAULT_POLICIES = "hybrid,linucb,thompson,vw,random,best-fixed"
 
 
 @app.command()
@@ -34,7 +34,7 @@ def replay(
     ] = 0.2,
     projection_dim: Annotated[
         int, typer.Option(min=0, help="random projection of the embedding; 0 keeps 384")
-    ] = 64,
+    ] = 0,
     limit: Annotated[int, typer.Option(min=0, help="use only the first N prompts (0: all)")] = 0,
     cache_dir: Annotated[Path, typer.Option(help="embedding cache")] = Path(".cache/embeddings"),
     models: Annotated[
@@ -110,8 +110,8 @@ def simulate(
         "out/simulate"
     ),
     policies: Annotated[
-        str, typer.Option(help="learning policies: linucb, thompson, vw, vw-epsilon")
-    ] = "linucb,thompson,vw,vw-epsilon",
+        str, typer.Option(help="learning policies: hybrid, linucb, thompson, vw, vw-epsilon")
+    ] = "hybrid,linucb,thompson,vw,vw-epsilon",
     supervised: Annotated[
         str, typer.Option(help="supervised references: knn, ridge, mf (empty: none)")
     ] = "knn,ridge,mf",
@@ -120,7 +120,7 @@ def simulate(
     lams: Annotated[
         str, typer.Option(help="lambda sweep of the deploy protocol (the frontier)")
     ] = "0,0.1,0.2,0.5,1,2,5",
-    projection_dim: Annotated[int, typer.Option(min=0, help="0 keeps 384")] = 64,
+    projection_dim: Annotated[int, typer.Option(min=0, help="0 keeps 384")] = 0,
     limit: Annotated[int, typer.Option(min=0, help="use only the first N prompts (0: all)")] = 0,
     cache_dir: Annotated[Path, typer.Option(help="embedding cache")] = Path(".cache/embeddings"),
     ope_log: Annotated[

@@ -35,7 +35,7 @@ from simulator.replay import (
 from simulator.stats import Interval
 from simulator.supervised import KNNRouter, MFRouter, RidgeRouter, SupervisedRouter
 
-LEARNING = ("linucb", "thompson", "vw", "vw-epsilon")
+LEARNING = ("hybrid", "linucb", "thompson", "vw", "vw-epsilon")
 SUPERVISED: dict[str, Callable[[], SupervisedRouter]] = {
     "knn": KNNRouter,
     "ridge": RidgeRouter,

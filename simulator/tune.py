@@ -31,6 +31,7 @@ from simulator.stats import Interval, mean_ci
 # the hyper-parameters each kind has on the grid; "gamma" is the forgetting factor of the
 # linear policies (VW has none)
 KIND_PARAMS: dict[str, tuple[str, ...]] = {
+    "hybrid": ("alpha",),
     "linucb": ("alpha", "gamma"),
     "thompson": ("v", "gamma"),
     "vw": ("gamma_scale",),

@@ -327,9 +327,11 @@ def tune(
         "out/tune"
     ),
     policies: Annotated[
-        str, typer.Option(help="learning policies: linucb, thompson, vw, vw-epsilon")
-    ] = "linucb,thompson,vw,vw-epsilon",
-    alpha: Annotated[str, typer.Option(help="LinUCB exploration widths")] = "0.1,0.3,1",
+        str, typer.Option(help="learning policies: hybrid, linucb, thompson, vw, vw-epsilon")
+    ] = "hybrid,linucb,thompson,vw,vw-epsilon",
+    alpha: Annotated[
+        str, typer.Option(help="LinUCB and hybrid exploration widths")
+    ] = "0.1,0.3,1",
     v: Annotated[str, typer.Option(help="Thompson posterior variance scales")] = "0.1,0.3,1",
     epsilon: Annotated[str, typer.Option(help="VW epsilon-greedy rates")] = "0.02,0.05,0.1",
     gamma_scale: Annotated[str, typer.Option(help="VW SquareCB gamma scales")] = "10,100",

@@ -63,7 +63,8 @@ def _shares(
     cost in USD as the policy explains it)."""
     hits, top, cost = 0, 0.0, 0.0
     for i in range(n):
-        d = c.post("/v1/route", json={"query": QUERIES[i % len(QUERIES)], "explain": True, **extra}).json()
+        body = {"query": QUERIES[i % len(QUERIES)], "explain": True, **extra}
+        d = c.post("/v1/route", json=body).json()
         hits += d["model"] == model
         top = max(top, d["explanation"][model]["probability"])
         cost = d["explanation"][model]["expected_cost_usd"]

@@ -104,8 +104,31 @@ def print_report(rep: dict[str, Any], console: Console) -> None:
                 "yes" if x["significant"] else "no",
             )
     console.print(d)
+    for row in rep["differences"]:
+        rate = row.get("feedback_rate")
+        if rate is not None and rate["difference"] is not None:
+            flag = " [red]mismatch[/red]" if rate["mismatch"] else ""
+            console.print(
+                f"feedback rate {row['variant']} − {row['control']}: "
+                f"{rate['difference']:+.1%}, anytime-valid {1 - rate['alpha']:.0%} interval "
+                f"{_pair(rate['sequence'])}{flag}"
+            )
+    for warning in rep.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {warning}")
     for name, stop in rep["stopped"].items():
         console.print(f"[red]{name} stopped by the guardrail[/red]: {stop['reason']}")
+
+
+def history(url: str, name: str, key: str | None, every: int) -> dict[str, Any]:
+    """The whole running difference (admin), page by page."""
+    path = f"/v1/experiments/{name}/history"
+    hist = _get(url, path, key, every=every, limit=10_000)
+    while not hist["complete"]:
+        page = _get(url, path, key, every=every, after=hist["next"], limit=10_000)
+        for variant, points in page["series"].items():
+            hist["series"][variant] += points
+        hist.update(next=page["next"], complete=page["complete"], truncated=page["truncated"])
+    return hist
 
 
 def plot_history(hist: dict[str, Any], out: Path) -> list[Path]:
@@ -163,12 +186,12 @@ def ab_report(
     every: Annotated[int, typer.Option(min=1, help="plot a point every N feedbacks")] = 100,
 ) -> None:
     """Per variant: units, decisions, feedback rate, reward, quality and cost with
-    intervals; each variant against control with its anytime-valid interval."""
+    intervals over units; each variant against control with its anytime-valid interval,
+    and whether the feedback rates differ. --plot reads the history: the admin key."""
     console = Console()
     print_report(_get(url, f"/v1/experiments/{name}", api_key), console)
     if plot is not None:
-        hist = _get(url, f"/v1/experiments/{name}/history", api_key, every=every)
-        for p in plot_history(hist, plot):
+        for p in plot_history(history(url, name, api_key, every), plot):
             console.print(f"plot: {p}")
 
 

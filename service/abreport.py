@@ -1,6 +1,7 @@
 """An experiment's report: per-variant results and each variant against control, from
 the counters the store keeps; the guardrail's verdict; and the running difference over
-time, from the decision log (for plots)."""
+time, from the decision log (for plots). Every interval is over units (cluster-robust,
+see service.abstats), and the feedback rate is checked for a mismatch between variants."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.abstats import MIN_N_VERDICT, Sums, difference, finite, mean_interval
+from service.abstats import (
+    MIN_N_VERDICT,
+    RESPONSE_ALPHA,
+    Sums,
+    UnitSums,
+    UnitTotals,
+    difference,
+    finite,
+    mean_interval,
+    unit_feedback,
+)
 from service.experiments import ExperimentConfig, StopRecord
 from service.store.base import FeedbackEvent, ModelPrice, Store
 
@@ -39,6 +50,10 @@ class VariantData:
     def sums(self) -> Sums:
         return Sums.of(self.counters)
 
+    @property
+    def unit_sums(self) -> UnitSums:
+        return UnitSums.of(self.counters)
+
 
 async def collect(store: Store, exp: ExperimentConfig) -> list[VariantData]:
     out = []
@@ -59,7 +74,7 @@ def build_report(exp: ExperimentConfig, data: list[VariantData], scale: float) -
     by_name = {d.name: d for d in data}
     variants = []
     for d in data:
-        s = d.sums
+        s, u = d.sums, d.unit_sums
         decisions = int(d.counters.get("decisions", 0))
         variants.append(
             {
@@ -71,27 +86,46 @@ def build_report(exp: ExperimentConfig, data: list[VariantData], scale: float) -
                 "decisions": decisions,
                 "anonymous_decisions": int(d.counters.get("anon", 0)),
                 "feedback": s.n,
+                # units with a decision (an anonymous decision is one) and with feedback:
+                # the intervals rest on these, not on the feedback count
+                "units_assigned": u.units,
+                "units_with_feedback": u.responders,
                 "feedback_rate": s.n / decisions if decisions else None,
-                **{m: mean_interval(s, _metric(m), a, exp.alpha).as_dict() for m in METRICS},
+                "feedback_rate_interval": mean_interval(
+                    u, "feedback_rate", 0.0, exp.alpha
+                ).as_dict(),
+                **{m: mean_interval(u, _metric(m), a, exp.alpha).as_dict() for m in METRICS},
             }
         )
     control = by_name[exp.control or data[0].name]
+    cu = control.unit_sums
     diffs = []
+    warnings = []
     for d in data:
         if d.name == control.name:
             continue
+        u = d.unit_sums
         row: dict[str, Any] = {"variant": d.name, "control": control.name}
         for m in METRICS:
-            fixed, seq = difference(d.sums, control.sums, _metric(m), a, exp.alpha)
+            fixed, seq = difference(u, cu, _metric(m), a, exp.alpha)
             row[m] = {
                 "difference": finite(fixed.mean),
                 "interval": [finite(fixed.low), finite(fixed.high)],
                 "sequence": [finite(seq.low), finite(seq.high)],
                 # anytime-valid: safe to act on whenever the report is read
                 "significant": bool(
-                    min(d.sums.n, control.sums.n) >= MIN_N_VERDICT and (seq.low > 0 or seq.high < 0)
+                    min(u.responders, cu.responders) >= MIN_N_VERDICT
+                    and (seq.low > 0 or seq.high < 0)
                 ),
             }
+        row["feedback_rate"] = rate = feedback_rate_check(u, cu)
+        if rate["mismatch"]:
+            warnings.append(
+                f"feedback rate of {d.name!r} differs from control {control.name!r} by "
+                f"{rate['difference']:+.1%} (anytime-valid {1 - RESPONSE_ALPHA:.0%} interval "
+                f"[{rate['sequence'][0]:+.1%}, {rate['sequence'][1]:+.1%}]): the variants' "
+                "responders are not comparable, so their means may be biased"
+            )
         diffs.append(row)
     return {
         "name": exp.name,
@@ -101,8 +135,24 @@ def build_report(exp: ExperimentConfig, data: list[VariantData], scale: float) -
         "level": 1 - exp.alpha,
         "variants": variants,
         "differences": diffs,
+        "warnings": warnings,
         "stopped": {k: v.model_dump() for k, v in exp.stopped.items()},
         "guardrail": exp.guardrail.model_dump() if exp.guardrail else None,
+    }
+
+
+def feedback_rate_check(b: UnitSums, a: UnitSums, alpha: float = RESPONSE_ALPHA) -> dict[str, Any]:
+    """Feedbacks per decision of `b` minus `a`, over units, and whether it differs
+    (like a sample-ratio mismatch): the anytime-valid interval at level 1 − alpha
+    excludes 0, with at least MIN_N_VERDICT units each. A difference means the
+    variants' responders differ, so means over them are biased."""
+    fixed, seq = difference(b, a, "feedback_rate", 0.0, alpha)
+    return {
+        "difference": finite(fixed.mean),
+        "alpha": alpha,
+        "interval": [finite(fixed.low), finite(fixed.high)],
+        "sequence": [finite(seq.low), finite(seq.high)],
+        "mismatch": bool(min(b.units, a.units) >= MIN_N_VERDICT and (seq.low > 0 or seq.high < 0)),
     }
 
 
@@ -120,9 +170,12 @@ def guardrail_stops(
     for d in data:
         if d.name == control.name or d.name in exp.stopped:
             continue
+        u, cu = d.unit_sums, control.unit_sums
         if min(d.sums.n, control.sums.n) < g.min_feedback:
             continue
-        _, seq = difference(d.sums, control.sums, "reward", a, g.alpha)
+        if min(u.responders, cu.responders) < MIN_N_VERDICT:
+            continue  # the interval over units needs units, not only feedback
+        _, seq = difference(u, cu, "reward", a, g.alpha)
         if seq.high < -g.margin:
             out[d.name] = StopRecord(
                 at=time.time() if now is None else now,
@@ -135,40 +188,64 @@ def guardrail_stops(
     return out
 
 
+class RunningDifference:
+    """For each variant against control, the reward difference with its fixed and
+    anytime-valid intervals (over units, like the report) after every `every`
+    feedbacks of the experiment, in the order the feedback arrived. Fed
+    incrementally: `feed` takes the events that arrived since the last call."""
+
+    def __init__(self, exp: ExperimentConfig, scale: float, every: int = 100) -> None:
+        assert exp.control is not None
+        self.exp, self.every = exp, every
+        self.a = exp.cost_weight / scale
+        self.control = exp.control
+        self.sums: dict[str, dict[str, float]] = {v.name: {} for v in exp.variants}
+        self.totals: dict[str, dict[str, UnitTotals]] = {v.name: {} for v in exp.variants}
+        self.seen = 0
+        self.points: dict[str, list[dict[str, float | None]]] = {
+            v.name: [] for v in exp.variants if v.name != exp.control
+        }
+
+    def feed(self, events: Iterable[FeedbackEvent]) -> None:
+        exp = self.exp
+        for ev in sorted(events, key=lambda e: e.received_at):
+            if ev.experiment != exp.name or ev.variant not in self.sums or ev.source == "default":
+                continue
+            sums = self.sums[ev.variant]
+            if ev.unit is None:  # anonymous: a unit of its own
+                unit_feedback(sums, (1.0, 0.0, 0.0, 0.0), ev.quality, ev.cost_usd)
+            else:
+                totals = self.totals[ev.variant]
+                before = totals.get(ev.unit)
+                totals[ev.unit] = unit_feedback(sums, before, ev.quality, ev.cost_usd)
+            self.seen += 1
+            if self.seen % self.every:
+                continue
+            control = UnitSums.of(self.sums[self.control])
+            for name, points in self.points.items():
+                fixed, seq = difference(
+                    UnitSums.of(self.sums[name]), control, "reward", self.a, exp.alpha
+                )
+                points.append(
+                    {
+                        "feedback": self.seen,
+                        "time": ev.received_at,
+                        "difference": finite(fixed.mean),
+                        "low": finite(fixed.low),
+                        "high": finite(fixed.high),
+                        "sequence_low": finite(seq.low),
+                        "sequence_high": finite(seq.high),
+                    }
+                )
+
+
 def running_difference(
     exp: ExperimentConfig,
     events: Iterable[FeedbackEvent],
     scale: float,
     every: int = 100,
 ) -> dict[str, list[dict[str, float | None]]]:
-    """For each variant against control, the reward difference with its fixed and
-    anytime-valid intervals after every `every` feedbacks of the experiment, in the
-    order the feedback arrived."""
-    a = exp.cost_weight / scale
-    sums = {v.name: Sums() for v in exp.variants}
-    out: dict[str, list[dict[str, float | None]]] = {
-        v.name: [] for v in exp.variants if v.name != exp.control
-    }
-    assert exp.control is not None
-    seen = 0
-    for ev in sorted(events, key=lambda e: e.received_at):
-        if ev.experiment != exp.name or ev.variant not in sums or ev.source == "default":
-            continue
-        sums[ev.variant] = sums[ev.variant].add(ev.quality, ev.cost_usd)
-        seen += 1
-        if seen % every:
-            continue
-        for name, points in out.items():
-            fixed, seq = difference(sums[name], sums[exp.control], "reward", a, exp.alpha)
-            points.append(
-                {
-                    "feedback": seen,
-                    "time": ev.received_at,
-                    "difference": finite(fixed.mean),
-                    "low": finite(fixed.low),
-                    "high": finite(fixed.high),
-                    "sequence_low": finite(seq.low),
-                    "sequence_high": finite(seq.high),
-                }
-            )
-    return out
+    """RunningDifference over `events` at once."""
+    run = RunningDifference(exp, scale, every)
+    run.feed(events)
+    return run.points

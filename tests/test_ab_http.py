@@ -388,3 +388,48 @@ def test_a_full_decision_log_is_flagged_in_the_history(
             assert sum(v["feedback"] for v in rep["variants"]) == 80
     finally:
         drop_prefix(s.key_prefix)
+
+
+def test_history_is_admin_only_paged_incremental_and_over_units(
+    tmp_path: Path, embedder: Embedder, pool: pd.DataFrame
+) -> None:
+    s = settings_for(tmp_path, client_keys=["client-secret"], admin_key="admin-secret")
+    admin = {"Authorization": "Bearer admin-secret"}
+    try:
+        with TestClient(create_app(s, embedder=embedder)) as c:
+            c.headers["Authorization"] = "Bearer client-secret"
+            r = c.put(
+                "/v1/experiments/hist", json=experiment("hist", "cheap", "strong"), headers=admin
+            )
+            assert r.status_code == 200, r.text
+            # 40 users, each back several times
+            units = [f"h{i % 40}" for i in range(200)]
+            serve_units(c, pool, "hist", units, np.random.default_rng(8))
+            path = "/v1/experiments/hist/history"
+            assert c.get(path).status_code == 403
+            assert c.get(path, headers={"Authorization": ""}).status_code == 401
+            whole = c.get(path, params={"every": 20}, headers=admin).json()
+            assert whole["complete"] and not whole["truncated"] and whole["feedback"] == 200
+            assert [p["feedback"] for p in whole["series"]["B"]] == list(range(20, 201, 20))
+            pages, after = [], 0
+            while True:
+                page = c.get(
+                    path, params={"every": 20, "after": after, "limit": 3}, headers=admin
+                ).json()
+                pages += page["series"]["B"]
+                assert len(page["series"]["B"]) <= 3
+                if page["complete"]:
+                    break
+                after = page["next"]
+            assert pages == whole["series"]["B"]
+            # the next call reads only the new events, and ends where the report is
+            serve_units(c, pool, "hist", units[:40], np.random.default_rng(9))
+            more = c.get(path, params={"every": 20, "after": 200}, headers=admin).json()
+            assert [p["feedback"] for p in more["series"]["B"]] == [220, 240]
+            rep = c.get("/v1/experiments/hist").json()["differences"][0]["reward"]
+            last = more["series"]["B"][-1]
+            assert last["difference"] == pytest.approx(rep["difference"])
+            assert [last["low"], last["high"]] == pytest.approx(rep["interval"])
+            assert [last["sequence_low"], last["sequence_high"]] == pytest.approx(rep["sequence"])
+    finally:
+        drop_prefix(s.key_prefix)

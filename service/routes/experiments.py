@@ -3,11 +3,17 @@ time; and the decision log, for export and off-policy evaluation."""
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
-from service.abreport import build_report, collect, cost_scale, running_difference
+from service.abreport import RunningDifference, build_report, collect, cost_scale
 from service.deps import AdminAuth, ClientAuth, RuntimeDep
 from service.experiments import ExperimentConfig
 from service.schemas import PolicyName
@@ -16,6 +22,10 @@ from service.store.base import FeedbackEvent, parse_stream_id
 router = APIRouter(prefix="/v1", tags=["experiments"])
 
 LOG_PAGE_MAX = 5000
+HISTORY_PAGE_MAX = 10_000
+# (experiment, every) series each worker keeps between calls of the history
+HISTORY_CACHE_MAX = 16
+_NO_CONTEXT = np.zeros(0)
 # a decision-log row, as the log endpoint answers and `log export` writes it
 LOG_COLUMNS = (
     "event_id",
@@ -89,8 +99,10 @@ async def delete_experiment(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Resp
 @router.get("/experiments/{name}")
 async def experiment_report(name: str, rt: RuntimeDep, _auth: ClientAuth) -> dict[str, Any]:
     """Per variant: units, decisions, feedback rate, mean reward, quality and cost per
-    query with intervals; each variant minus control with its fixed-horizon interval
-    and its anytime-valid confidence sequence."""
+    query with intervals over units (a unit's requests are not independent); each
+    variant minus control with its fixed-horizon interval and its anytime-valid
+    confidence sequence, and its feedback rate against control's (`warnings` when they
+    differ: the means over responders are then biased)."""
     exp = _get(rt, name)
     return build_report(exp, await collect(rt.store, exp), cost_scale(exp, rt.catalogue))
 
@@ -98,35 +110,90 @@ async def experiment_report(name: str, rt: RuntimeDep, _auth: ClientAuth) -> dic
 @router.get("/experiments/{name}/history")
 async def experiment_history(
     name: str,
+    request: Request,
     rt: RuntimeDep,
-    _auth: ClientAuth,
+    _auth: AdminAuth,
     every: Annotated[int, Query(ge=1, le=100_000)] = 100,
+    after: Annotated[int, Query(ge=0, description="points after this many feedbacks")] = 0,
+    limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE_MAX)] = 1000,
 ) -> dict[str, Any]:
-    """The reward difference against control after every `every` feedbacks, from the
-    decision log (which keeps the newest decision_log_max events per policy;
-    `truncated` says when a variant's log is full and the series starts late)."""
+    """The reward difference against control after every `every` feedbacks, with the
+    same intervals over units as the report, from the decision log (which keeps the
+    newest decision_log_max events per policy; `truncated` says when the series misses
+    feedback the counters have). Admin only: the log is. One page of at most `limit`
+    points per variant after `after` feedbacks; page on with `after` = `next` until
+    `complete`. Each worker keeps the series it computed and reads only the log's new
+    events on the next call; the arithmetic runs in a thread, off the event loop."""
     exp = _get(rt, name)
-    events: list[FeedbackEvent] = []
-    truncated = False
-    for policy in dict.fromkeys(v.policy for v in exp.variants):
-        after, kept = "0-0", 0
-        while True:
-            page = await rt.store.read_log(policy, after, LOG_PAGE_MAX)
-            kept += len(page)
-            events += [e for _, e in page if e.experiment == name]
-            if len(page) < LOG_PAGE_MAX:
-                break
-            after = page[-1][0]
-        # a full log has dropped its oldest events: the series starts late for it
-        truncated |= kept >= rt.settings.decision_log_max
     scale = cost_scale(exp, rt.catalogue)
+    h = _history(request, exp, scale, every)
+    async with h.lock:
+        # the counters first: whatever the log then lacks was trimmed from it
+        counted = sum(int(d.counters.get("n", 0)) for d in await collect(rt.store, exp))
+        fresh: list[FeedbackEvent] = []
+        for policy in dict.fromkeys(v.policy for v in exp.variants):
+            after_id = h.after.get(policy, "0-0")
+            while True:
+                page = await rt.store.read_log(policy, after_id, LOG_PAGE_MAX)
+                if page:
+                    after_id = page[-1][0]
+                h.read[policy] = h.read.get(policy, 0) + len(page)
+                # keep only what the series needs, not the contexts
+                fresh += [_slim(e) for _, e in page if e.experiment == name]
+                if len(page) < LOG_PAGE_MAX:
+                    break
+            h.after[policy] = after_id
+        if fresh:
+            await asyncio.to_thread(h.run.feed, fresh)
+        # a log that ever held decision_log_max events may have dropped some
+        full = any(n >= rt.settings.decision_log_max for n in h.read.values())
+        seen = h.run.seen
+        series = {}
+        for variant, points in h.run.points.items():
+            start = bisect.bisect_right(points, after, key=lambda p: int(p["feedback"] or 0))
+            series[variant] = points[start : start + limit]
+    last = [int(p[-1]["feedback"] or 0) for p in series.values() if p]
     return {
         "name": name,
         "control": exp.control,
         "every": every,
-        "truncated": truncated,
-        "series": running_difference(exp, events, scale, every),
+        "feedback": seen,
+        "truncated": full or counted > seen,
+        "series": series,
+        "next": max(last, default=after),
+        "complete": all(len(p) < limit for p in series.values()),
     }
+
+
+@dataclass
+class _History:
+    """One experiment's running difference as far as this worker has read the logs."""
+
+    key: str  # the experiment's config and cost scale: a change starts anew
+    run: RunningDifference
+    after: dict[str, str] = field(default_factory=dict)  # policy -> last log id read
+    read: dict[str, int] = field(default_factory=dict)  # policy -> log entries read
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _history(request: Request, exp: ExperimentConfig, scale: float, every: int) -> _History:
+    cache: OrderedDict[tuple[str, int], _History] | None = getattr(
+        request.app.state, "ab_history", None
+    )
+    if cache is None:
+        cache = request.app.state.ab_history = OrderedDict()
+    key = f"{exp.model_dump_json()}|{scale!r}"
+    h = cache.get((exp.name, every))
+    if h is None or h.key != key:
+        h = cache[(exp.name, every)] = _History(key, RunningDifference(exp, scale, every))
+    cache.move_to_end((exp.name, every))
+    while len(cache) > HISTORY_CACHE_MAX:
+        cache.popitem(last=False)
+    return h
+
+
+def _slim(e: FeedbackEvent) -> FeedbackEvent:
+    return dataclasses.replace(e, context=_NO_CONTEXT, candidates=None)
 
 
 @router.get("/log/{policy}")

@@ -132,6 +132,7 @@ class FeedbackEvent:
     experiment: str | None = None
     candidates: list[str] | None = None
     created_at: float | None = None
+    unit: str | None = None  # the experiment's unit; None: anonymous, a unit of its own
 
     def encode(self) -> dict[str, bytes]:
         meta = asdict(self)
@@ -166,6 +167,7 @@ class FeedbackEvent:
             experiment=rec.experiment,
             candidates=rec.candidates,
             created_at=rec.created_at,
+            unit=rec.unit,
         )
 
 
@@ -214,6 +216,11 @@ class ModelPrice:
         if m.get("prior_strength") is not None:
             out["strength"] = float(m["prior_strength"])
         return out
+
+
+# how long a unit's own totals (for the per-unit sums of its experiment variant) are
+# kept after its last decision or feedback; a unit back after longer counts anew
+UNIT_TTL_S = 30 * 24 * 3600.0
 
 
 def feedback_increments(event: FeedbackEvent) -> dict[str, float]:
@@ -309,8 +316,10 @@ class Store(ABC):
     async def experiment_counts(
         self, policy: str, experiment: str, variant: str
     ) -> tuple[dict[str, float], int]:
-        """A variant's counters (decisions, anon: decisions without a unit id, and the
-        feedback sums n, sq, sq2, sc, sc2, sqc of abstats.Sums) and its distinct units
+        """A variant's counters (decisions, anon: decisions without a unit id, the
+        feedback sums n, sq, sq2, sc, sc2, sqc of abstats.Sums, and the per-unit sums
+        abstats.UNIT_FIELDS, updated in the same atomic steps as the rest: a decision
+        by `put_decision`, a feedback by `submit_feedback`) and its distinct units
         (approximate on Redis: a HyperLogLog, 0.8% standard error)."""
 
     @abstractmethod

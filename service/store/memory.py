@@ -27,10 +27,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from service.abstats import UnitTotals, unit_decision, unit_feedback
 from service.store.base import (
     NOT_HELD,
     RENEWED,
     TAKEN,
+    UNIT_TTL_S,
     DecisionRecord,
     FeedbackEvent,
     FeedbackOutcome,
@@ -81,6 +83,10 @@ class _Policy:
     )
     counters: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     units: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    # per arm: unit -> (its totals, when last written), least recently written first
+    unit_totals: dict[tuple[str, str], collections.OrderedDict[str, tuple[UnitTotals, float]]] = (
+        field(default_factory=dict)
+    )
     shadow: dict[str, float] = field(default_factory=dict)
 
 
@@ -91,8 +97,13 @@ class MemoryStore(Store):
     feedback is still recognised as a duplicate (409) rather than unknown (404).
     log_max: how many events each policy's decision log keeps. Experiment configs
     persist under `state_dir` like the catalogue; their counters, like the log, live
-    in memory only.
+    in memory only. Each experiment variant keeps its units' own totals (for the
+    per-unit sums) for `unit_ttl_s` after their last write, at most `unit_max` of them
+    (the least recently written go first; a unit back after that counts anew).
     """
+
+    unit_ttl_s: float = UNIT_TTL_S
+    unit_max: int = 200_000
 
     def __init__(
         self, state_dir: Path | None = None, *, grace_s: float = 3600.0, log_max: int = 100_000
@@ -130,8 +141,13 @@ class MemoryStore(Store):
             counters["decisions"] = counters.get("decisions", 0) + 1
             if rec.unit is None:
                 counters["anon"] = counters.get("anon", 0) + 1
+                unit_decision(counters, None)
             else:
                 st.units.setdefault(arm, set()).add(rec.unit)
+                totals = self._unit_totals(st, arm, wall)
+                before = totals.pop(rec.unit, None)
+                prior = None if before is None else before[0]
+                totals[rec.unit] = (unit_decision(counters, prior), wall)
         return self._version(st)
 
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
@@ -155,9 +171,19 @@ class MemoryStore(Store):
         d.state = _ANSWERED
         self._append(st, event.encode())
         if event.experiment is not None:
-            counters = st.counters.setdefault((event.experiment, event.variant or ""), {})
+            arm = (event.experiment, event.variant or "")
+            counters = st.counters.setdefault(arm, {})
             for name, value in feedback_increments(event).items():
                 counters[name] = counters.get(name, 0.0) + value
+            if event.unit is None:  # its decision made it a unit of its own
+                unit_feedback(counters, (1.0, 0.0, 0.0, 0.0), event.quality, event.cost_usd)
+            else:
+                wall = time.time()
+                totals = self._unit_totals(st, arm, wall)
+                before = totals.pop(event.unit, None)
+                prior = None if before is None else before[0]
+                after = unit_feedback(counters, prior, event.quality, event.cost_usd)
+                totals[event.unit] = (after, wall)
         await self._notify(st)
         return FeedbackOutcome.ACCEPTED
 
@@ -253,6 +279,7 @@ class MemoryStore(Store):
             st = self._policy(policy)
             st.counters.pop((name, variant), None)
             st.units.pop((name, variant), None)
+            st.unit_totals.pop((name, variant), None)
         await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
         return found
 
@@ -387,6 +414,18 @@ class MemoryStore(Store):
             d = st.decisions.get(event_id)
             if d is not None and d.expire_at == expire_at:
                 del st.decisions[event_id]
+
+    def _unit_totals(
+        self, st: _Policy, arm: tuple[str, str], wall: float
+    ) -> collections.OrderedDict[str, tuple[UnitTotals, float]]:
+        """The arm's unit totals, rid of those past unit_ttl_s and beyond unit_max."""
+        totals = st.unit_totals.setdefault(arm, collections.OrderedDict())
+        while totals:
+            _, (_, at) = next(iter(totals.items()))
+            if len(totals) < self.unit_max and at >= wall - self.unit_ttl_s:
+                break
+            totals.popitem(last=False)
+        return totals
 
     @staticmethod
     def _holder(st: _Policy) -> str | None:

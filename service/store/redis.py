@@ -18,6 +18,9 @@ Cluster keeps a policy on one shard and every script touches one slot):
     <prefix>:{<policy>}:shadow        hash: the policy's counters as a shadow
     <prefix>:{<policy>}:x:<exp>:<variant>    hash: an experiment variant's counters
     <prefix>:{<policy>}:xu:<exp>:<variant>   HyperLogLog: its distinct units
+    <prefix>:{<policy>}:xt:<exp>:<variant>   hash: unit -> its totals "D N Q C" (for the
+                                      per-unit sums in the counters); expires
+                                      unit_ttl_s after its last write
     <prefix>:models                   hash: model name -> ModelPrice as JSON
     <prefix>:experiments              hash: experiment name -> its config as JSON
 
@@ -45,6 +48,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.store.base import (
+    UNIT_TTL_S,
     DecisionRecord,
     FeedbackEvent,
     FeedbackOutcome,
@@ -58,6 +62,23 @@ from service.store.base import (
 )
 
 log = logging.getLogger("banditroute.store")
+# the Lua half of abstats.unit_decision / unit_feedback: a unit's totals "D N Q C"
+# and its pairwise products' increments written with 17 digits, so nothing is rounded
+_UNIT_LUA = """
+local function unit_get(key, unit)
+  local t = redis.call('HGET', key, unit)
+  if not t then return nil end
+  local a, b, e, f = string.match(t, '^(%S+) (%S+) (%S+) (%S+)$')
+  return tonumber(a), tonumber(b), tonumber(e), tonumber(f)
+end
+local function unit_put(key, unit, ttl_ms, d, n, q, c)
+  redis.call('HSET', key, unit, string.format('%.17g %.17g %.17g %.17g', d, n, q, c))
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+local function incf(key, name, v)
+  redis.call('HINCRBYFLOAT', key, name, string.format('%.17g', v))
+end
+"""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -73,10 +94,13 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-# KEYS: decision, due, stream, fbtotal, log, counters.
-# ARGV: now, event_id, meta, x, log_max, then field, increment pairs for the counters.
+# KEYS: decision, due, stream, fbtotal, log, counters, unit totals.
+# ARGV: now, event_id, meta, x, log_max, unit ("" no experiment, "a" anonymous, "u:<id>"),
+# quality, cost, unit_ttl_ms, then field, increment pairs for the counters.
 # Returns 1 accepted, 2 duplicate, 0 unknown (missing, closed or past the deadline).
-_SUBMIT = """
+_SUBMIT = (
+    _UNIT_LUA
+    + """
 local answered = redis.call('HGET', KEYS[1], 'answered')
 if not answered then return 0 end
 if answered == '1' then return 2 end
@@ -87,11 +111,58 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'meta', ARGV[3], 'x', ARGV[4])
 redis.call('INCR', KEYS[4])
-for i = 6, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1])
+end
+if ARGV[6] ~= '' then
+  -- abstats.unit_feedback: an anonymous decision was a unit of its own, D = 1
+  local q, c = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local d, n, sq, sc = 1, 0, 0, 0
+  local unit = nil
+  if ARGV[6] ~= 'a' then
+    unit = string.sub(ARGV[6], 3)
+    d, n, sq, sc = unit_get(KEYS[7], unit)
+    if not d then
+      d, n, sq, sc = 0, 0, 0, 0
+      redis.call('HINCRBY', KEYS[6], 'u_units', 1)
+    end
+  end
+  if n == 0 then redis.call('HINCRBY', KEYS[6], 'u_resp', 1) end
+  local q1, c1 = sq + q, sc + c
+  incf(KEYS[6], 'u_n', 1)
+  incf(KEYS[6], 'u_q', q)
+  incf(KEYS[6], 'u_c', c)
+  incf(KEYS[6], 'u_nn', 2 * n + 1)
+  incf(KEYS[6], 'u_dn', d)
+  incf(KEYS[6], 'u_nq', n * q + q1)
+  incf(KEYS[6], 'u_nc', n * c + c1)
+  incf(KEYS[6], 'u_qq', q * (2 * sq + q))
+  incf(KEYS[6], 'u_qc', sq * c + q * c1)
+  incf(KEYS[6], 'u_cc', c * (2 * sc + c))
+  if unit then unit_put(KEYS[7], unit, ARGV[9], d, n + 1, q1, c1) end
 end
 return 1
 """
+)
+
+# KEYS: counters, unit totals. ARGV: unit ("" anonymous), unit_ttl_ms.
+# abstats.unit_decision: a decision's share of the variant's per-unit sums.
+_DECIDE = (
+    _UNIT_LUA
+    + """
+local d, n, q, c = nil, 0, 0, 0
+if ARGV[1] ~= '' then d, n, q, c = unit_get(KEYS[2], ARGV[1]) end
+if not d then
+  d, n, q, c = 0, 0, 0, 0
+  redis.call('HINCRBY', KEYS[1], 'u_units', 1)
+end
+incf(KEYS[1], 'u_d', 1)
+incf(KEYS[1], 'u_dd', 2 * d + 1)
+incf(KEYS[1], 'u_dn', n)
+if ARGV[1] ~= '' then unit_put(KEYS[2], ARGV[1], ARGV[2], d + 1, n, q, c) end
+return 1
+"""
+)
 
 # KEYS: decision, due, stream, fbtotal, log. ARGV: now, event_id, log_max[, meta, x].
 # Closes one open decision whose deadline passed, appending the default event if
@@ -177,6 +248,7 @@ class _Scripts:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.submit = client.register_script(_SUBMIT)
+        self.decide = client.register_script(_DECIDE)
         self.close = client.register_script(_CLOSE)
         self.publish = client.register_script(_PUBLISH)
         self.acquire = client.register_script(_ACQUIRE)
@@ -207,6 +279,9 @@ class _Keys:
     def units(self, experiment: str | None, variant: str | None) -> str:
         return f"{self.base}:xu:{experiment}:{variant}"
 
+    def unit_totals(self, experiment: str | None, variant: str | None) -> str:
+        return f"{self.base}:xt:{experiment}:{variant}"
+
 
 class RedisStore(Store):
     """The store on Redis (redis.asyncio; hiredis parses replies when installed).
@@ -221,8 +296,12 @@ class RedisStore(Store):
     (redis-py's default pool would fail them instead).
     log_max: about how many events each policy's decision log keeps.
 
-    The client is built on first use, inside the running event loop.
+    The client is built on first use, inside the running event loop. Each unit's own
+    totals (for the per-unit sums of its experiment variant) expire `unit_ttl_s` after
+    the last write to its variant's hash.
     """
+
+    unit_ttl_s: float = UNIT_TTL_S
 
     def __init__(
         self,
@@ -321,6 +400,10 @@ class RedisStore(Store):
         return keys
 
     @property
+    def _unit_ttl_ms(self) -> int:
+        return max(1, int(self.unit_ttl_s * 1000))
+
+    @property
     def models_key(self) -> str:
         return f"{self.prefix}:models"
 
@@ -346,6 +429,11 @@ class RedisStore(Store):
                     pipe.hincrby(counters, "anon", 1)
                 else:
                     pipe.pfadd(k.units(rec.experiment, rec.variant), rec.unit)
+                await self._lua().decide(
+                    keys=[counters, k.unit_totals(rec.experiment, rec.variant)],
+                    args=[rec.unit or "", self._unit_ttl_ms],
+                    client=pipe,
+                )
             pipe.hget(k.snapmeta, "version")
             *_, version = await pipe.execute()
         return int(version or 0)
@@ -372,9 +460,11 @@ class RedisStore(Store):
         k = self._k(policy)
         enc = event.encode()
         incr: list[Any] = []
+        unit = ""
         if event.experiment is not None:
             for name, value in feedback_increments(event).items():
                 incr += [name, repr(float(value))]
+            unit = "a" if event.unit is None else f"u:{event.unit}"
         code = await self._lua().submit(
             keys=[
                 k.decision(event_id),
@@ -383,8 +473,20 @@ class RedisStore(Store):
                 k.fbtotal,
                 k.log,
                 k.counters(event.experiment, event.variant),
+                k.unit_totals(event.experiment, event.variant),
             ],
-            args=[repr(float(now)), event_id, enc["meta"], enc["x"], self.log_max, *incr],
+            args=[
+                repr(float(now)),
+                event_id,
+                enc["meta"],
+                enc["x"],
+                self.log_max,
+                unit,
+                repr(float(event.quality)),
+                repr(float(event.cost_usd)),
+                self._unit_ttl_ms,
+                *incr,
+            ],
         )
         return _OUTCOMES[int(code)]
 
@@ -526,6 +628,7 @@ class RedisStore(Store):
             for policy, variant in arms:
                 pipe.delete(self._k(policy).counters(name, variant))
                 pipe.delete(self._k(policy).units(name, variant))
+                pipe.delete(self._k(policy).unit_totals(name, variant))
             old, *_ = await pipe.execute()
         return bool(old)
 

@@ -6,8 +6,8 @@ The real stores (in-process, and Redis at 127.0.0.1:6379 under a unique prefix) 
 fed whole runs through put_decision/submit_feedback and must keep exactly the per-unit
 sums of a direct computation. The calibration over hundreds of seeded runs then goes
 through the same per-unit step functions the in-process store calls
-(abstats.unit_decision/unit_feedback): a run through the store's record encoding
-costs about 40x more, too slow for CI at this size. Every rate is printed."""
+(abstats.unit_decision/unit_feedback): a run through the store's records costs about
+20 times more (their encoding), too slow for CI at this size. Every rate is printed."""
 
 from __future__ import annotations
 

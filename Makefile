@@ -4,7 +4,7 @@
 #   make test   the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA ?= ../shared/data/llmrouter_14tasks.parquet
+DATA ?= data/llmrouter_14tasks.parquet
 
 .PHONY: setup run serve test lint bench
 

@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queries", type=int, default=320)
     parser.add_argument(
-        "--data", type=Path, default=Path("../shared/data/llmrouter_14tasks.parquet")
+        "--data", type=Path, default=Path("data/llmrouter_14tasks.parquet")
     )
     args = parser.parse_args()
     embedder = Embedder(cache_size=0).load()

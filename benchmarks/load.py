@@ -622,7 +622,7 @@ def main() -> None:
     parser.add_argument("--log-level", default="warning", help="uvicorn log level, both servers")
     parser.add_argument("--cached-texts", type=int, default=32, help="distinct repeated queries")
     parser.add_argument(
-        "--data", type=Path, default=REPO.parent / "shared/data/llmrouter_14tasks.parquet"
+        "--data", type=Path, default=REPO / "data/llmrouter_14tasks.parquet"
     )
     parser.add_argument(
         "--scenarios",

@@ -11,10 +11,13 @@ from scipy.special import log_ndtr
 from policies.base import check_positive, epsilon_mix
 from policies.linear import LinearPolicy
 
-# Standardised grid per model for the win-probability integral: +-7 sigma at a step of
-# sigma / 2; the trapezoid rule on Gaussian integrands is accurate far below what a
-# frequency test can see (checked against Monte Carlo in the tests).
-_GRID = np.linspace(-7.0, 7.0, 29)
+# Standardised grid per model for the win-probability integral: +-8 sigma at a step of
+# sigma / 3. Between nodes the integrand is integrated as an exponential (log-linear),
+# exact for the Gaussian-like tails where a plain trapezoid overshoots: against an
+# adaptive high-precision reference the worst relative error of any win probability
+# above 1e-6 is < 1% for sigma ratios from 1 to 1e4 (tests/test_thompson_accuracy.py),
+# where the trapezoid on a sigma / 2 grid was off by up to 40%.
+_GRID = np.linspace(-8.0, 8.0, 49)
 # A model whose score is below another's by more than this many sigmas (of both)
 # essentially never wins; leaving it out of the integral keeps it O(K_live^2).
 _PRUNE_SIGMAS = 8.0
@@ -66,7 +69,7 @@ class LinearThompson(LinearPolicy):
 def win_probabilities(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """P(argmax_k S_k = m) for independent S_k ~ N(mu_k, sigma_k^2); shapes (K,) -> (K,).
 
-    P(m wins) = integral of pdf_m(s) * prod_{k != m} cdf_k(s) ds, by the trapezoid rule
+    P(m wins) = integral of pdf_m(s) * prod_{k != m} cdf_k(s) ds, piecewise exponential
     on the union of every model's own grid (mu_k + sigma_k * u), so each density and
     each cdf step is resolved at its own scale however different the sigmas are.
     """
@@ -78,10 +81,22 @@ def win_probabilities(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         out = np.zeros(k)
         out[live] = win_probabilities(mu[live], sigma[live])
         return out
-    s = np.sort((mu[:, None] + sigma[:, None] * _GRID[None, :]).ravel())
+    s = np.unique((mu[:, None] + sigma[:, None] * _GRID[None, :]).ravel())
     z = (s[:, None] - mu[None, :]) / sigma[None, :]  # shape (S, K)
     log_cdf = log_ndtr(z)
-    others = np.exp(log_cdf.sum(axis=1, keepdims=True) - log_cdf)  # prod over k != m
-    pdf = np.exp(-0.5 * z * z) / (np.sqrt(2.0 * np.pi) * sigma[None, :])
-    p = np.clip(np.trapezoid(pdf * others, s, axis=0), 0.0, None)
+    # log of pdf_m(s) * prod_{k != m} cdf_k(s), per node and model
+    log_f = (
+        log_cdf.sum(axis=1, keepdims=True)
+        - log_cdf
+        - 0.5 * z * z
+        - np.log(np.sqrt(2.0 * np.pi) * sigma[None, :])
+    )
+    # each interval as an exponential through its two end values:
+    # h (f1 - f0) / ln(f1 / f0) = h * max(f) * (1 - e^-gap) / gap, stable in log space
+    top = np.maximum(log_f[:-1], log_f[1:])
+    gap = np.abs(log_f[1:] - log_f[:-1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shape = np.where(gap < 1e-9, 1.0 - gap / 2.0, -np.expm1(-gap) / gap)
+    piece = np.diff(s)[:, None] * np.exp(top) * shape
+    p = np.clip(np.nan_to_num(piece, nan=0.0).sum(axis=0), 0.0, None)
     return p / p.sum()

@@ -62,5 +62,17 @@ async def require_admin(runtime: RuntimeDep, creds: Credentials) -> str | None:
     return role
 
 
+async def require_metrics(runtime: RuntimeDep, creds: Credentials) -> str | None:
+    """/metrics: any key, unless `public_metrics` opens it."""
+    return None if runtime.settings.public_metrics else _role(runtime, creds)
+
+
+async def require_docs(runtime: RuntimeDep, creds: Credentials) -> str | None:
+    """/openapi.json and /docs: any key, unless `public_docs` opens them."""
+    return None if runtime.settings.public_docs else _role(runtime, creds)
+
+
 ClientAuth = Annotated[str | None, Depends(require_client)]
 AdminAuth = Annotated[str | None, Depends(require_admin)]
+MetricsAuth = Annotated[str | None, Depends(require_metrics)]
+DocsAuth = Annotated[str | None, Depends(require_docs)]

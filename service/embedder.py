@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ast
 import gc
+import hashlib
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -40,17 +42,44 @@ class CacheInfo(NamedTuple):
     max_size: int
 
 
+# The model reads the last 256 word pieces at most, so only the end of a text can
+# matter: longer input is cut to its last PREPARE_MAX_CHARS characters before any work.
+PREPARE_MAX_CHARS = 20_000
+# A list literal is unpacked only up to this size; ast.literal_eval takes ~0.6 ms per
+# 1,000 characters (measured), so this bounds it at ~12 ms. The longest prompt of the
+# three shared data sets is 5,276 characters.
+LITERAL_MAX_CHARS = 20_000
+# Texts longer than this are prepared in a worker thread by the service, not on the
+# event loop (see FeatureBatcher.features).
+PREPARE_INLINE_CHARS = 2_000
+
+
 def prepare_text(text: str) -> str:
     """The text that actually gets embedded: the last message, stripped.
 
     RouterBench stores prompts as a Python list literal, e.g. "['What is 2+2?']",
     or a list of chat turns "['turn 1', 'reply', 'turn 2']". Such a string is
     unpacked and its last element kept; anything else (including text that merely
-    starts with '[') is returned stripped but otherwise unchanged.
+    starts with '[') is returned stripped but otherwise unchanged. The work is
+    bounded: a literal over LITERAL_MAX_CHARS is not unpacked, and text over
+    PREPARE_MAX_CHARS is cut to its end (the part the left-truncating model reads).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return question_part(_last_message(text.strip()))
+    stripped = text.strip()
+    if len(stripped) <= LITERAL_MAX_CHARS:
+        stripped = _last_message(stripped)
+    if len(stripped) > PREPARE_MAX_CHARS:
+        stripped = stripped[-PREPARE_MAX_CHARS:].strip()
+    return question_part(stripped)
+
+
+def cache_key(prepared: str) -> bytes:
+    """The cache key of a prepared text: a 16-byte BLAKE2b digest, so a cache entry
+    costs the same whatever the length of the text."""
+    return hashlib.blake2b(
+        prepared.encode("utf-8", "surrogatepass"), digest_size=16
+    ).digest()
 
 
 def _last_message(stripped: str) -> str:
@@ -152,6 +181,9 @@ class Embedder:
     """Batch sentence embedder with an LRU cache, safe to call from a threadpool.
 
     cache_size: how many prepared texts to keep (0 disables the cache).
+    cache_max_bytes: the most memory the cache may hold (vectors, keys and their
+        bookkeeping); entries are keyed by a digest of the prepared text, so the text
+        itself is never kept.
     device: torch device for the model ("cpu" by default, for reproducible vectors).
     batch_size: texts per forward pass when many cache misses arrive at once. Texts
         are sorted by length first, so a small batch bounds the padding a long prompt
@@ -168,22 +200,31 @@ class Embedder:
         self,
         *,
         cache_size: int = 10_000,
+        cache_max_bytes: int = 128 * 2**20,
         device: str = "cpu",
         batch_size: int = 8,
         truncation_side: TruncationSide = "left",
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        if (
+            isinstance(cache_max_bytes, bool)
+            or not isinstance(cache_max_bytes, int)
+            or cache_max_bytes < 0
+        ):
+            raise ValueError(f"cache_max_bytes must be an int >= 0, got {cache_max_bytes!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if truncation_side not in ("left", "right"):
             raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         self.cache_size = cache_size
+        self.cache_max_bytes = cache_max_bytes
         self.device = device
         self.batch_size = batch_size
         self.truncation_side: TruncationSide = truncation_side
         self._model: SentenceTransformer | None = None
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
         self._hits = 0
         self._misses = 0
         # Two locks: lookups stay fast while another thread runs the model.
@@ -234,11 +275,17 @@ class Embedder:
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("texts must be a sequence of str (use embed_one for a single text)")
-        keys = [prepare_text(t) for t in texts]
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
+        return self.embed_prepared([prepare_text(t) for t in texts])
+
+    def embed_prepared(self, prepared: Sequence[str]) -> np.ndarray:
+        """`embed` for texts already passed through `prepare_text`: shape (n, 384)."""
+        out = np.empty((len(prepared), self.dim), dtype=np.float32)
+        missing: dict[bytes, list[int]] = {}
+        texts: dict[bytes, str] = {}
         with self._cache_lock:
-            for i, key in enumerate(keys):
+            for i, text in enumerate(prepared):
+                key = cache_key(text)
+                texts[key] = text
                 vec = self._cache.get(key)
                 if vec is None:
                     missing.setdefault(key, []).append(i)
@@ -250,23 +297,33 @@ class Embedder:
         if not missing:
             return out
         new_keys = list(missing)
-        vectors = self._encode(new_keys)
+        vectors = self._encode([texts[k] for k in new_keys])
         with self._cache_lock:
             for key, vec in zip(new_keys, vectors, strict=True):
                 out[missing[key]] = vec
-                if self.cache_size:
+                if self.cache_size and self.cache_max_bytes:
                     vec = vec.copy()
                     vec.flags.writeable = False
+                    old = self._cache.pop(key, None)
+                    if old is not None:
+                        self._cache_bytes -= _entry_bytes(key, old)
                     self._cache[key] = vec
-                    self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+                    self._cache_bytes += _entry_bytes(key, vec)
+            while self._cache and (
+                len(self._cache) > self.cache_size or self._cache_bytes > self.cache_max_bytes
+            ):
+                key, vec = self._cache.popitem(last=False)
+                self._cache_bytes -= _entry_bytes(key, vec)
         return out
 
     def lookup(self, text: str) -> np.ndarray | None:
         """The cached embedding of `text`, shape (384,), or None on a miss (never runs
         the model): lets a server answer cache hits without queueing for a batch."""
-        key = prepare_text(text)
+        return self.lookup_prepared(prepare_text(text))
+
+    def lookup_prepared(self, prepared: str) -> np.ndarray | None:
+        """`lookup` for a text already passed through `prepare_text`."""
+        key = cache_key(prepared)
         with self._cache_lock:
             vec = self._cache.get(key)
             if vec is None:
@@ -295,10 +352,17 @@ class Embedder:
         with self._cache_lock:
             return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
 
+    @property
+    def cache_bytes(self) -> int:
+        """Memory the cache holds now, in bytes (at most `cache_max_bytes`)."""
+        with self._cache_lock:
+            return self._cache_bytes
+
     def clear_cache(self) -> None:
         """Drop cached vectors and reset the counters."""
         with self._cache_lock:
             self._cache.clear()
+            self._cache_bytes = 0
             self._hits = 0
             self._misses = 0
 
@@ -311,3 +375,12 @@ class Embedder:
             # bump when prepare_text changes what gets embedded: invalidates caches
             "prepare": "last-message/question-part/v1",
         }
+
+
+# an OrderedDict entry: its hash-table slot and its linked-list node
+_DICT_ENTRY_BYTES = 104
+
+
+def _entry_bytes(key: bytes, vec: np.ndarray) -> int:
+    """What one cache entry holds: the key, the array object and its data."""
+    return sys.getsizeof(key) + sys.getsizeof(vec) + _DICT_ENTRY_BYTES

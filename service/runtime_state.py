@@ -29,6 +29,8 @@ class Runtime:
     store_ok: bool = True
     catalogue_confirmed: bool = True
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+    # held across each check-and-act on the catalogue (routes/models.py)
+    catalogue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @functools.cached_property
     def shadows_of(self) -> dict[str, list[str]]:

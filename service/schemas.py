@@ -4,33 +4,72 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from service.embedder import text_from_messages
+
+# Request models are strict: the spec says number or boolean, and lax parsing would
+# take `true` as 1.0 or "0.5" as 0.5, accepting bodies the spec calls invalid.
 JudgeScale = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 MAX_CALL_USD = 1000.0  # one LLM call; anything above is a unit mistake
 MAX_TOKENS = 100_000_000
 PolicyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+def _unicode(text: str) -> str:
+    """JSON can carry unpaired UTF-16 surrogates ("\\ud800") that are no text at all:
+    the tokenizer, Redis and the JSON encoder all fail on them, so refuse them here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it has an unpaired surrogate)") from None
+    return text
 
-    role: str
-    content: str | list[dict[str, Any]]
+
+# A string the service keeps, echoes or embeds: valid Unicode only.
+Text = Annotated[str, AfterValidator(_unicode)]
+# the spec's way to say "not empty or whitespace only" (a JSON Schema pattern searches)
+_NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Text
+    content: Text | list[dict[str, Any]]
 
 
 class RouteRequest(BaseModel):
-    """Either `query` or OpenAI-style `messages` (routed on the last user message)."""
+    """Exactly one of `query` or OpenAI-style `messages` (routed on the last user
+    message, which must have text that is not only whitespace), and at most one of
+    `policy` and `experiment`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # the rules the validator enforces, for generated clients and fuzzers
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["query"], "properties": {"query": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
+            "not": {
+                "required": ["policy", "experiment"],
+                "properties": {
+                    "policy": {"type": "string"},
+                    "experiment": {"type": "string"},
+                },
+            },
+        },
+    )
 
-    query: str | None = None
-    messages: list[ChatMessage] | None = None
-    candidates: list[str] | None = Field(default=None, min_length=1)
+    query: Text | None = Field(default=None, json_schema_extra=_NOT_BLANK)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    candidates: list[Text] | None = Field(default=None, min_length=1)
     cost_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     policy: PolicyName | None = None
     experiment: PolicyName | None = None
-    unit_id: str | None = Field(default=None, min_length=1, max_length=256)
+    unit_id: Text | None = Field(default=None, min_length=1, max_length=256)
     explain: bool = False
 
     @model_validator(mode="after")
@@ -41,6 +80,12 @@ class RouteRequest(BaseModel):
             raise ValueError("give 'policy' or 'experiment', not both")
         if self.query is not None and not self.query.strip():
             raise ValueError("query must not be empty")
+        if self.messages is not None:
+            # the text routed on obeys the rules of `query`
+            text = text_from_messages([m.model_dump() for m in self.messages])
+            if not text.strip():
+                raise ValueError("messages: the last user message has no text content")
+            _unicode(text)
         return self
 
 
@@ -71,9 +116,39 @@ class FeedbackRequest(BaseModel):
     model catalogue.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # the rules the validator enforces (all but score in [score_min, score_max])
+        json_schema_extra={
+            "allOf": [
+                {
+                    "oneOf": [
+                        {"required": [n], "properties": {n: {"type": t}}}
+                        for n, t in (
+                            ("quality", "number"),
+                            ("thumbs", "string"),
+                            ("score", "number"),
+                        )
+                    ]
+                },
+                {
+                    "anyOf": [
+                        {"required": ["cost_usd"], "properties": {"cost_usd": {"type": "number"}}},
+                        {
+                            "required": ["prompt_tokens", "completion_tokens"],
+                            "properties": {
+                                "prompt_tokens": {"type": "integer"},
+                                "completion_tokens": {"type": "integer"},
+                            },
+                        },
+                    ]
+                },
+            ]
+        },
+    )
 
-    event_id: str = Field(min_length=1, max_length=200)
+    event_id: Text = Field(min_length=1, max_length=200)
     quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     thumbs: Literal["up", "down"] | None = None
     score: JudgeScale | None = None
@@ -124,9 +199,10 @@ class FeedbackResponse(BaseModel):
 
 
 class ModelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: the schema says number, so `true` is no price (nor "1")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")
+    name: Text = Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")
     input_per_m: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     output_per_m: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     # the prior a policy starts this model from: expected cost = price x expected tokens,
@@ -162,3 +238,22 @@ class PolicyStatus(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorOut(BaseModel):
+    """Every error response: `detail` names the field or the cause in one line."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationErrorOut(BaseModel):
+    """A 422: `detail` joins every problem in one line; `errors` (present when the
+    body failed validation) lists them one by one."""
+
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list)

@@ -10,7 +10,19 @@ import redis
 
 from service.settings import ModelConfig, PolicyConfig, Settings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the routing data shipped in the repository (data/README.md)
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+SHARED = DATA_DIR  # the name the tests used while the data lived beside the repository
+
+
+def data_file(name: str) -> Path:
+    """A shipped data file; a missing one is an error, never a reason to skip."""
+    path = DATA_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: it ships with the repository (git checkout -- data/)"
+        )
+    return path
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 MODELS = [

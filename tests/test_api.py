@@ -22,11 +22,10 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.embedder import Embedder
 from service.settings import ModelConfig, PolicyConfig
-from tests.service_helpers import REDIS_URL, SHARED, drop_prefix, make_settings, redis_up
+from tests.service_helpers import REDIS_URL, data_file, drop_prefix, make_settings, redis_up
 
 pytestmark = pytest.mark.slow
 
-LLMROUTER = SHARED / "llmrouter_14tasks.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +369,7 @@ def test_embedded_restart_keeps_what_was_learned(tmp_path: Path, embedder: Embed
 def _llmrouter_slice(
     n_prompts: int, seed: int
 ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    df = pd.read_parquet(LLMROUTER)
+    df = pd.read_parquet(data_file("llmrouter_14tasks.parquet"))
     models = [
         c
         for c in df.columns
@@ -382,7 +381,6 @@ def _llmrouter_slice(
     return df["prompt"].tolist(), models, quality, cost
 
 
-@pytest.mark.skipif(not LLMROUTER.is_file(), reason="needs ../shared/data")
 def test_service_learns_through_its_api(tmp_path: Path, embedder: Embedder) -> None:
     prompts, models, quality, cost = _llmrouter_slice(n_prompts=300, seed=7)
     # prices do not matter for the reward here: each feedback gives the logged cost
@@ -416,3 +414,187 @@ def test_service_learns_through_its_api(tmp_path: Path, embedder: Embedder) -> N
     # measured: first ~0.40, last ~0.52, random 0.30 (paired thirds vary by ~0.02)
     assert last - first > 0.06, (first, last)
     assert last > uniform + 0.1, (last, uniform)
+
+
+# ---- hardening: bad text, races, the contract, keys ---------------------------
+
+
+def _raw(c: TestClient, path: str, body: bytes, **headers: str) -> Any:
+    return c.post(path, content=body, headers={"content-type": "application/json", **headers})
+
+
+def test_unpaired_surrogates_are_422_naming_the_field(client: TestClient) -> None:
+    """JSON can carry "\\ud800", which is no text: the tokenizer raised on it and took
+    its whole embedding batch down with it (500s for every neighbour)."""
+    before = _state(client)[1:3]  # applied, total (a first snapshot may appear meanwhile)
+    cases = [
+        (b'{"query": "\\ud800 x"}', "query"),
+        (b'{"messages": [{"role": "user", "content": "hi \\udc00"}]}', "messages"),
+        (b'{"query": "hi", "candidates": ["\\ud800"]}', "candidates"),
+        (b'{"query": "hi", "unit_id": "\\ud800"}', "unit_id"),
+        (b'{"query": "hi", "\\ud800": 1}', "body"),
+    ]
+    for body, field in cases:
+        r = _raw(client, "/v1/route", body)
+        assert r.status_code == 422, (body, r.text)
+        assert field in _detail(r) and r.json()["errors"], r.text
+    feedback = b'{"event_id": "default.\\ud800", "quality": 1, "cost_usd": 0}'
+    r = _raw(client, "/v1/feedback", feedback)
+    assert r.status_code == 422 and "event_id" in _detail(r), r.text
+    r = _raw(client, "/v1/models", b'{"name": "m\\ud800", "input_per_m": 1, "output_per_m": 1}')
+    assert r.status_code == 422 and "name" in _detail(r), r.text
+    assert _state(client)[1:3] == before
+    assert _route(client, "a valid query after all that")["event_id"]
+
+
+def test_one_bad_text_does_not_fail_its_batch(tmp_path: Path, embedder: Embedder) -> None:
+    """Valid new queries sent with one the model fails on all succeed; before, every
+    request of the batch got the bad one's 500."""
+    import asyncio
+
+    import httpx
+
+    settings = make_settings(tmp_path, embed_batch_wait_ms=50)
+    with TestClient(create_app(settings, embedder=embedder)) as c:
+        app = c.app
+        rt = app.state.runtime  # type: ignore[attr-defined]
+        real = rt.batcher.embedder.embed_prepared
+
+        def fails_on_poison(texts: Any) -> Any:
+            if any("POISON" in t for t in texts):
+                raise ValueError("the tokenizer failed")
+            return real(texts)
+
+        rt.batcher.embedder = type("E", (), {})()
+        rt.batcher.embedder.embed_prepared = fails_on_poison
+        rt.batcher.embedder.lookup_prepared = embedder.lookup_prepared
+
+        async def burst() -> list[int]:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+                bodies = [{"query": f"fresh question {i} {time.time()}"} for i in range(12)]
+                bodies.insert(5, {"query": "POISON"})
+                rs = await asyncio.gather(*(h.post("/v1/route", json=b) for b in bodies))
+                return [r.status_code for r in rs]
+
+        codes = c.portal.call(burst)  # type: ignore[union-attr]
+        assert codes.count(200) == 12 and codes[5] == 500, codes
+        assert rt.batcher.batches >= 12
+
+
+def test_full_embedding_queue_is_503_with_retry_after(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    settings = make_settings(tmp_path, embed_queue_max=1)
+    with TestClient(create_app(settings, embedder=embedder)) as c:
+        rt = c.app.state.runtime  # type: ignore[attr-defined]
+
+        async def jam() -> None:
+            await rt.batcher.stop()  # nothing drains the queue now
+            fut = __import__("asyncio").get_running_loop().create_future()
+            rt.batcher._queue.put_nowait(("occupied", fut))
+
+        c.portal.call(jam)  # type: ignore[union-attr]
+        r = c.post("/v1/route", json={"query": "a query nobody has asked before"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "queue" in _detail(r)
+
+
+def test_whitespace_only_message_is_refused_like_a_blank_query(client: TestClient) -> None:
+    for body in (
+        {"query": " \n\t "},
+        {"messages": [{"role": "user", "content": "  \n "}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]},
+    ):
+        r = client.post("/v1/route", json=body)
+        assert r.status_code == 422, (body, r.text)
+    assert client.post("/v1/route", json={"query": "x", "policy": "default",
+                                          "experiment": "e"}).status_code == 422
+
+
+def test_concurrent_deletes_keep_the_catalogue_usable(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    """Two deletes of one model gave 204 + 500, and two deletes of the last two models
+    both succeeded, leaving nothing to route to while /readyz said ready."""
+    import asyncio
+
+    import httpx
+
+    with TestClient(create_app(make_settings(tmp_path), embedder=embedder)) as c:
+        app = c.app
+        rt = app.state.runtime  # type: ignore[attr-defined]
+        real = rt.store.delete_model
+
+        async def slow_delete(name: str) -> None:
+            await asyncio.sleep(0.05)  # widen the window between the check and the act
+            await real(name)
+
+        rt.store.delete_model = slow_delete
+
+        async def both(a: str, b: str) -> list[int]:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+                rs = await asyncio.gather(h.delete(f"/v1/models/{a}"), h.delete(f"/v1/models/{b}"))
+                return sorted(r.status_code for r in rs)
+
+        assert c.portal.call(both, "small", "small") == [204, 404]  # type: ignore[union-attr]
+        assert c.portal.call(both, "medium", "large") == [204, 409]  # type: ignore[union-attr]
+        assert len(c.get("/v1/models").json()) == 1
+        assert c.get("/readyz").status_code == 200
+        assert _route(c, "still routable")["model"] in {"medium", "large"}
+        r = c.delete(f"/v1/models/{next(iter(rt.catalogue))}")
+        assert r.status_code == 409 and "last model" in _detail(r)
+        rt.catalogue.clear()  # however it came about, an empty catalogue is not ready
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["detail"]["catalogue"] is False
+
+
+def test_auth_comes_before_parsing(tmp_path: Path, embedder: Embedder) -> None:
+    settings = make_settings(tmp_path, client_keys=["client-secret"], admin_key="admin-secret")
+    bad = b'{"query": '
+    with TestClient(create_app(settings, embedder=embedder)) as c:
+        assert _raw(c, "/v1/route", bad).status_code == 401
+        assert _raw(c, "/v1/route", bad, authorization="Bearer nope").status_code == 401
+        r = _raw(c, "/v1/route", bad, authorization="Bearer client-secret")
+        assert r.status_code == 400 and "malformed" in _detail(r)
+        r = _raw(c, "/v1/models", bad, authorization="Bearer client-secret")
+        assert r.status_code == 403, r.text
+        assert _raw(c, "/v1/models", bad, authorization="Bearer admin-secret").status_code == 400
+
+
+def test_metrics_and_docs_need_a_key_unless_opened(tmp_path: Path, embedder: Embedder) -> None:
+    keys: dict[str, Any] = {"client_keys": ["client-secret"], "admin_key": "admin-secret"}
+    client_h = {"Authorization": "Bearer client-secret"}
+    with TestClient(create_app(make_settings(tmp_path, **keys), embedder=embedder)) as c:
+        for path in ("/metrics", "/openapi.json", "/docs"):
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers=client_h).status_code == 200, path
+        assert c.get("/readyz").status_code == 200 and c.get("/healthz").status_code == 200
+    opened = make_settings(tmp_path, public_metrics=True, public_docs=True, **keys)
+    with TestClient(create_app(opened, embedder=embedder)) as c:
+        for path in ("/metrics", "/openapi.json", "/docs"):
+            assert c.get(path).status_code == 200, path
+
+
+def test_openapi_tells_the_truth(client: TestClient) -> None:
+    """The spec describes the 422 body actually sent, the answers each operation can
+    give, and the one-of rule of /v1/route."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    route = spec["paths"]["/v1/route"]["post"]
+    ref = route["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/ValidationErrorOut")
+    assert {"400", "401", "404", "413", "422", "503"} <= route["responses"].keys()
+    delete = spec["paths"]["/v1/models/{name}"]["delete"]["responses"]
+    assert {"401", "403", "404", "409"} <= delete.keys()
+    body = schemas["RouteRequest"]
+    assert [b["required"] for b in body["oneOf"]] == [["query"], ["messages"]]
+    # the 422 actually sent matches its declared schema
+    r = client.post("/v1/route", json={})
+    assert r.status_code == 422
+    from service.schemas import ValidationErrorOut
+
+    ValidationErrorOut.model_validate(r.json(), strict=True)
+    assert r.json()["errors"][0]["field"] == "body"

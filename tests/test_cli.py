@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from simulator.cli import app
+from tests.service_helpers import data_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 runner = CliRunner()
 
 
@@ -29,10 +29,8 @@ def test_every_command_has_help() -> None:
 
 
 @pytest.mark.slow
-def test_replay_on_a_slice_of_shared_data(tmp_path: Path) -> None:
-    data = SHARED / "llmrouter_14tasks.parquet"
-    if not data.exists():
-        pytest.skip("shared data not beside the repository")
+def test_replay_on_a_slice_of_shipped_data(tmp_path: Path) -> None:
+    data = data_file("llmrouter_14tasks.parquet")
     res = runner.invoke(
         app,
         [

@@ -296,3 +296,65 @@ def test_threadpool_callers_get_the_serial_result(embedder: Embedder, uncached: 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(embedder.embed_one, texts * 3))
     np.testing.assert_allclose(np.stack(results), np.concatenate([serial] * 3), atol=1e-5)
+
+
+# --- bounded memory and work (no model: the encoder is stood in for) ----------
+
+
+def _fake_encode(texts: list[str]) -> np.ndarray:
+    out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    out[:, 0] = 1.0
+    return out
+
+
+def test_cache_is_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = Embedder(cache_size=1_000)
+    monkeypatch.setattr(one, "_encode", _fake_encode)
+    one.embed(["a single short text"])
+    entry = one.cache_bytes
+    assert EMBEDDING_DIM * 4 < entry < EMBEDDING_DIM * 4 + 512
+
+    e = Embedder(cache_size=1_000, cache_max_bytes=10 * entry)
+    monkeypatch.setattr(e, "_encode", _fake_encode)
+    e.embed([f"text number {i}" for i in range(50)])
+    assert e.cache_info().size == 10 and e.cache_bytes <= e.cache_max_bytes
+    e.embed(["text number 49"])  # the newest stayed
+    assert e.cache_info().hits == 1
+
+
+def test_long_texts_cost_the_cache_what_short_ones_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed by a digest: a 20,000-character prompt takes the room of a short one (the
+    text-keyed cache held each prompt whole: ~5 GB at 50,000 long prompts)."""
+    import tracemalloc
+
+    e = Embedder(cache_size=1_000)
+    monkeypatch.setattr(e, "_encode", _fake_encode)
+    e.embed(["short"])
+    per_entry = e.cache_bytes
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40):
+            e.embed(["a long prompt " * 1_400 + str(i)])  # 19,600 characters each
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert e.cache_bytes == 41 * per_entry
+    assert held < 40 * 4_000, held  # the texts (40 x 19.6 kB) are not kept
+
+
+def test_prepare_text_bounds_its_work() -> None:
+    from service.embedder import LITERAL_MAX_CHARS, PREPARE_MAX_CHARS, prepare_text
+
+    # a list literal beyond the bound is not unpacked (ast.literal_eval takes ~0.6 ms
+    # per 1,000 characters, on the event loop before this change)
+    big = "[" + ", ".join(["'filler turn'"] * 10_000) + ", 'the question?']"
+    assert len(big) > LITERAL_MAX_CHARS
+    out = prepare_text(big)
+    assert len(out) <= PREPARE_MAX_CHARS and out.endswith("'the question?']")
+    # within the bound it still is
+    assert prepare_text("['first turn', 'the question?']") == "the question?"
+    # any text is cut to its end, the part the left-truncating model reads
+    huge = "x" * 1_000_000 + " the end"
+    assert len(prepare_text(huge)) <= PREPARE_MAX_CHARS
+    assert prepare_text(huge).endswith("the end")

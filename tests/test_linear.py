@@ -77,3 +77,29 @@ def test_optimistic_prior_gets_a_new_model_tried() -> None:
         p.learn(x, "old", 0.6, 0.0)
     p.add_model("new")
     assert p.choose(x).model == "new"
+
+
+@pytest.mark.parametrize("gamma", [0.9, 0.98, 0.999])
+def test_forgetting_widths_match_a_direct_inverse_after_every_update(gamma: float) -> None:
+    """With forgetting the prior reg * I must stay whole between refreshes: the width
+    of a direction never explored is checked against the exact inverse at each step."""
+    from policies.linear import _BATCH
+
+    dim, reg, n = 4, 1.0, 3 * _BATCH + 7
+    rng = np.random.default_rng(1)
+    # contexts in the first two directions only: the others keep their prior width
+    X = np.zeros((n, dim))
+    X[:, :2] = rng.standard_normal((n, 2))
+    p = LinUCB(["a"], dim, reg=reg, gamma=gamma, alpha=1.0)
+    probe = np.append(np.array([0.0, 0.0, 1.0, 0.5]), 1.0)
+    idx = np.array([p._index["a"]])
+    worst = 0.0
+    for t, x in enumerate(X):
+        p.learn(x, "a", 0.5, 0.0)
+        Z = np.hstack([X[: t + 1], np.ones((t + 1, 1))])
+        w = gamma ** np.arange(t, -1, -1)
+        A = reg * np.eye(dim + 1) + (Z * w[:, None]).T @ Z
+        exact = np.sqrt(probe @ np.linalg.solve(A, probe))
+        _, width, _ = p.estimates(probe, idx)
+        worst = max(worst, abs(width[0] / exact - 1.0))
+    assert worst < 0.01, worst

@@ -26,8 +26,8 @@ from simulator.ope import (
     target_probabilities,
 )
 from simulator.replay import rewards
+from tests.service_helpers import data_file
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmrouter_14tasks.parquet"
 runner = CliRunner()
 
 
@@ -297,9 +297,7 @@ def shared() -> tuple[RoutingData, np.ndarray]:
     """The rows of the shared table where every model has a result, and cheap contexts:
     a fixed random projection of the one-hot task (the static targets ignore contexts;
     DR's reward model learns per-task means from them)."""
-    if not DATA.exists():
-        pytest.skip("shared data not beside the repository")
-    rd = load_routing_data(DATA)
+    rd = load_routing_data(data_file("llmrouter_14tasks.parquet"))
     rd = rd.subset(np.flatnonzero(rd.available.all(axis=1)))
     tasks, task_id = np.unique(rd.tasks, return_inverse=True)
     projection = np.random.default_rng(12345).normal(size=(len(tasks), 16))

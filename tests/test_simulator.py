@@ -16,8 +16,7 @@ from simulator.data import load_routing_data, model_columns
 from simulator.embeddings import embed_texts
 from simulator.replay import cost_scale_of, replay_online, rewards, seeded_order
 from simulator.stats import mean_ci
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.service_helpers import data_file
 
 
 def _table(tmp_path: Path) -> Path:
@@ -46,10 +45,8 @@ def test_loader_finds_models_and_masks_missing(tmp_path: Path) -> None:
     assert cost_scale_of(rd) == pytest.approx(0.01)
 
 
-def test_shared_routerbench_loads_with_its_nan_cells() -> None:
-    path = SHARED / "routerbench_arc_mbpp_winogrande.parquet"
-    if not path.exists():
-        pytest.skip("shared data not beside the repository")
+def test_shipped_routerbench_loads_with_its_nan_cells() -> None:
+    path = data_file("routerbench_arc_mbpp_winogrande.parquet")
     rd = load_routing_data(path)
     assert len(rd) == 3178 and len(rd.models) == 11
     # the data README: 154 RouterBench cells are NaN

@@ -1,11 +1,15 @@
-"""The model catalogue: list, register (with prices), delete."""
+"""The model catalogue: list, register (with prices), delete.
+
+Each change checks and acts under the runtime's catalogue lock, so two concurrent
+requests never interleave across the store's await (two deletes of one model, or of
+the last two); the last model can never be deleted."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
 
 from service.deps import AdminAuth, ClientAuth, RuntimeDep
-from service.schemas import ModelIn, ModelOut
+from service.schemas import ErrorOut, ModelIn, ModelOut
 from service.store.base import ModelPrice, StoreUnavailable
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -42,27 +46,40 @@ async def register_model(body: ModelIn, rt: RuntimeDep, _auth: AdminAuth) -> Mod
     """Register (or re-price) a model; it joins every policy with a cold-start prior."""
     meta = {k: getattr(body, k) for k in _PRIOR_FIELDS}
     price = ModelPrice(body.name, body.input_per_m, body.output_per_m, meta)
-    try:
-        await rt.store.put_model(price)
-    except StoreUnavailable as exc:
-        raise _unavailable() from exc
-    rt.catalogue[price.name] = price
-    for serving in rt.policies.values():
-        serving.sync_models(rt.catalogue)
+    async with rt.catalogue_lock:
+        try:
+            await rt.store.put_model(price)
+        except StoreUnavailable as exc:
+            raise _unavailable() from exc
+        rt.catalogue[price.name] = price
+        for serving in rt.policies.values():
+            serving.sync_models(rt.catalogue)
     return _out(price)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        404: {"model": ErrorOut, "description": "no model of that name"},
+        409: {"model": ErrorOut, "description": "the last model cannot be deleted"},
+    },
+)
 async def delete_model(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Response:
-    if name not in rt.catalogue:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"name: unknown model {name!r}")
-    if len(rt.catalogue) == 1:
-        raise HTTPException(status.HTTP_409_CONFLICT, "name: cannot delete the last model")
-    try:
-        await rt.store.delete_model(name)
-    except StoreUnavailable as exc:
-        raise _unavailable() from exc
-    del rt.catalogue[name]
-    for serving in rt.policies.values():
-        serving.sync_models(rt.catalogue)
+    """Delete a model from the catalogue and every policy; the last one stays."""
+    async with rt.catalogue_lock:
+        if name not in rt.catalogue:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"name: unknown model {name!r}")
+        if len(rt.catalogue) <= 1:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"name: {name!r} is the last model; register another before deleting it",
+            )
+        try:
+            await rt.store.delete_model(name)
+        except StoreUnavailable as exc:
+            raise _unavailable() from exc
+        rt.catalogue.pop(name, None)  # the refresher may have dropped it meanwhile
+        for serving in rt.policies.values():
+            serving.sync_models(rt.catalogue)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -201,19 +201,32 @@ def log_export(
     policy: Annotated[str, typer.Option(help="the serving policy whose log to export")] = "default",
     url: Url = "http://127.0.0.1:8000",
     api_key: Key = None,
+    include_defaults: Annotated[
+        bool,
+        typer.Option(
+            help="also write decisions that expired unanswered and got the configured "
+            "default reward (source 'default'): an assumed outcome, not an observed one, "
+            "so off-policy estimates leave them out unless asked"
+        ),
+    ] = False,
 ) -> None:
     """Write a policy's decision log (context, candidates, chosen model, propensity,
     quality, cost, experiment and variant, time) to parquet; needs the admin key."""
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
-    after = "0-0"
+    after, skipped = "0-0", 0
     while True:
         page = _get(url, f"/v1/log/{policy}", api_key, after=after, limit=5000)
-        rows += page["events"]
+        for row in page["events"]:
+            if include_defaults or row.get("source") != "default":
+                rows.append(row)
+            else:
+                skipped += 1
         if len(page["events"]) < 5000:
             break
         after = page["next"]
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_parquet(out, index=False)
-    Console().print(f"{len(rows)} decisions of {policy!r} written to {out}")
+    note = f" ({skipped} default-reward rows left out; --include-defaults)" if skipped else ""
+    Console().print(f"{len(rows)} decisions of {policy!r} written to {out}{note}")

@@ -33,6 +33,11 @@ from service.store.base import (
 log = logging.getLogger("banditroute.learner")
 
 READ_BATCH = 500
+# the sweep closes expired decisions in batches of this many, each round until none
+# is left or SWEEP_BUDGET_S (at most a third of the lease) has passed; the rest
+# waits for the next round
+SWEEP_BATCH = 1000
+SWEEP_BUDGET_S = 2.0
 
 
 def learner_id() -> str:
@@ -48,12 +53,17 @@ class LearnerStats:
     version: int = 0
     holds_lease: bool = False
     last_publish: float = 0.0
+    copies: int = 0  # feedback copies forwarded to shadows and sharing variants
+    closed: int = 0  # expired decisions the sweep closed
+    backlog: int = 0  # expired decisions still open after the last sweep
 
 
 class Learner:
     """Learns one named policy from its feedback stream.
 
     fresh: builds the cold-start policy when no snapshot exists.
+    features: the featurizer's describe() as JSON, published with every snapshot so
+    workers with another featurizer refuse it.
     models: returns the current catalogue (model names), so registered models join
     the policy and deleted ones leave it; None while the catalogue is not known.
     """
@@ -70,6 +80,7 @@ class Learner:
         default_reward: float | None = None,
         models: Callable[[], Catalogue | None] | None = None,
         owner: str | None = None,
+        features: str = "",
     ) -> None:
         self.store = store
         self.name = name
@@ -80,6 +91,7 @@ class Learner:
         self.default_reward = default_reward
         self.models = models
         self.owner = owner or learner_id()
+        self.features = features  # Featurizer.describe() as JSON, stamped on snapshots
         self.stats = LearnerStats()
         self._policy: Policy | None = None
         self._dirty = 0
@@ -116,6 +128,7 @@ class Learner:
             batch = await self.store.read_feedback(self.name, self.stats.last_id, READ_BATCH)
             if not batch:
                 break
+            self.stats.copies += await self.store.forward_copies(self.name, batch)
             await asyncio.to_thread(self._apply, batch)
         await self._publish()
 
@@ -136,14 +149,38 @@ class Learner:
             self.name, self.stats.last_id, READ_BATCH, block_ms=block
         )
         if batch:
+            # copies first: a snapshot never contains an event whose copies are not out
+            self.stats.copies += await self.store.forward_copies(self.name, batch)
             await asyncio.to_thread(self._apply, batch)
         now = time.time()
         if now - self._last_sweep >= 1.0:
             self._last_sweep = now
-            await self.store.expire_due(self.name, now, self.default_reward)
+            await self.sweep(now)
         due = (now - self.stats.last_publish) * 1000 >= self.every_ms
         if self._dirty >= self.every_n or (self._dirty and due):
             await self._publish()
+
+    async def sweep(self, now: float) -> int:
+        """Close the decisions that expired unanswered, the whole backlog (within
+        SWEEP_BUDGET_S), so it cannot grow above the sweep's batch size per round."""
+        start, closed = time.monotonic(), 0
+        budget = min(SWEEP_BUDGET_S, self.lease_ttl_ms / 3000)
+        while True:
+            n = await self.store.expire_due(self.name, now, self.default_reward, SWEEP_BATCH)
+            closed += n
+            if n < SWEEP_BATCH or time.monotonic() - start >= budget:
+                break
+        self.stats.closed += closed
+        self.stats.backlog = (
+            await self.store.due_backlog(self.name, now) if n >= SWEEP_BATCH else 0
+        )
+        if self.stats.backlog:
+            log.warning(
+                "learner %s: %d expired decisions still open after the sweep",
+                self.name,
+                self.stats.backlog,
+            )
+        return closed
 
     def _apply(self, batch: list[tuple[str, FeedbackEvent]]) -> None:
         policy = self._policy
@@ -219,6 +256,7 @@ class Learner:
             last_id=self.stats.last_id,
             applied=self.stats.applied,
             published_at=time.time(),
+            features=self.features,
         )
         if await self.store.publish_snapshot(self.name, snap, self.owner):
             self.stats.version = snap.version

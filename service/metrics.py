@@ -45,6 +45,18 @@ class Metrics:
             ["policy"],
             registry=self.registry,
         )
+        self.expiry_backlog = Gauge(
+            "banditroute_expiry_backlog",
+            "Decisions past their deadline that the sweep has not closed yet",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.decisions_shed = Gauge(
+            "banditroute_decisions_shed",
+            "Decision records the in-process store dropped (oldest first) to stay under "
+            "decision_max_in_memory since start; their feedback gets a 404",
+            registry=self.registry,
+        )
         self.policy_version = Gauge(
             "banditroute_policy_version",
             "Snapshot version this worker serves",

@@ -4,15 +4,17 @@ swapped in when the published version moves, without blocking requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+from typing import Any
 
 import numpy as np
 
 from policies import Policy, PolicyError, load_policy, make_policy
 from service.priors import Catalogue, add_model, set_priors
 from service.settings import PolicyConfig
-from service.store.base import Store, StoreUnavailable
+from service.store.base import Snapshot, Store, StoreUnavailable
 
 log = logging.getLogger("banditroute.serving")
 
@@ -30,6 +32,26 @@ def build_policy(name: str, cfg: PolicyConfig, models: Catalogue, dim: int) -> P
     return policy
 
 
+def features_json(featurizer: Any) -> str:
+    """A featurizer's describe() as the JSON a snapshot carries."""
+    return json.dumps(featurizer.describe(), sort_keys=True, separators=(",", ":"))
+
+
+def check_features(name: str, snap: Snapshot, features: str) -> None:
+    """Refuse a snapshot learned on contexts of another featurizer (another embedding
+    model, projection seed or layout), even one of the same dimension."""
+    if not snap.features or not features or snap.features == features:
+        return
+    theirs, ours = json.loads(snap.features), json.loads(features)
+    if theirs != ours:
+        diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+        raise PolicyError(
+            f"policy {name!r}: stored state was learned with other features ({', '.join(diff)}"
+            f" differ: {[theirs.get(k) for k in diff]} there, {[ours.get(k) for k in diff]} "
+            "here); a changed featurizer needs a new policy name"
+        )
+
+
 def check_dim(name: str, policy: Policy, dim: int) -> None:
     if policy.dim != dim:
         raise PolicyError(
@@ -41,49 +63,64 @@ def check_dim(name: str, policy: Policy, dim: int) -> None:
 class ServingPolicy:
     """One named policy as a worker sees it: the newest snapshot it has loaded."""
 
-    def __init__(self, name: str, policy: Policy, version: int = 0) -> None:
+    def __init__(self, name: str, policy: Policy, version: int = 0, features: str = "") -> None:
         self.name = name
+        self.features = features  # this worker's features_json(): snapshots must match
         # every worker draws its own stream (OS entropy), never the learner's
         self.rng = np.random.default_rng()
         policy.use_rng(self.rng)
         self.policy = policy
         self.version = version
+        self.rejected = 0  # the newest snapshot version refused: never fetched again
         self._reloading: asyncio.Task[None] | None = None
+        # one reload at a time (background and status reads), so none can swap in a
+        # snapshot older than the one another just installed
+        self._reload_lock = asyncio.Lock()
 
     def sync_models(self, catalogue: Catalogue) -> None:
         """Serve newly registered models at once (cold-start prior) and drop removed
         ones; the learner makes the same change in the state it publishes."""
-        known = set(self.policy.models)
-        for m in catalogue:
-            if m not in known:
-                add_model(self.policy, m, catalogue)
-        for m in known - set(catalogue):
-            self.policy.remove_model(m)
+        _sync(self.policy, catalogue)
 
     def notice_version(self, store: Store, seen: int, catalogue: Catalogue) -> None:
         """Called with the version read alongside a decision; reloads in the background."""
-        if seen > self.version and (self._reloading is None or self._reloading.done()):
+        if seen > max(self.version, self.rejected) and (
+            self._reloading is None or self._reloading.done()
+        ):
             self._reloading = asyncio.create_task(self.reload(store, catalogue))
 
     async def reload(self, store: Store, catalogue: Catalogue) -> None:
-        try:
-            snap = await store.load_snapshot(self.name)
-        except StoreUnavailable:
-            return
-        if snap is None or snap.version <= self.version:
-            return
-        try:
-            # decoding a large state takes milliseconds: keep it off the event loop
-            policy = await asyncio.to_thread(load_policy, snap.state)
-            check_dim(self.name, policy, self.policy.dim)
-        except PolicyError as exc:
-            log.error("policy %s: snapshot v%d rejected: %s", self.name, snap.version, exc)
-            return
-        old = self.policy
-        policy.use_rng(self.rng)
-        self.policy = policy
-        self.version = snap.version
-        try:
-            self.sync_models(catalogue)
-        except PolicyError:
-            self.policy = old
+        """Swap in the published snapshot if it is newer than the one served. The new
+        state is checked and synced with the catalogue before it is swapped in, with
+        its version, in one step: a failure leaves the served policy and version as
+        they were, and a refused version is not fetched again."""
+        async with self._reload_lock:
+            try:
+                snap = await store.load_snapshot(self.name)
+            except StoreUnavailable:
+                return
+            if snap is None or snap.version <= max(self.version, self.rejected):
+                return
+            try:
+                # decoding a large state takes milliseconds: keep it off the event loop
+                policy = await asyncio.to_thread(load_policy, snap.state)
+                check_dim(self.name, policy, self.policy.dim)
+                check_features(self.name, snap, self.features)
+                _sync(policy, catalogue)
+            except PolicyError as exc:
+                self.rejected = max(self.rejected, snap.version)
+                log.error("policy %s: snapshot v%d rejected: %s", self.name, snap.version, exc)
+                return
+            if snap.version <= self.version:  # re-checked after the awaits
+                return
+            policy.use_rng(self.rng)
+            self.policy, self.version = policy, snap.version
+
+
+def _sync(policy: Policy, catalogue: Catalogue) -> None:
+    known = set(policy.models)
+    for m in catalogue:
+        if m not in known:
+            add_model(policy, m, catalogue)
+    for m in known - set(catalogue):
+        policy.remove_model(m)

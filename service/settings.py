@@ -80,12 +80,14 @@ class Settings(BaseSettings):
     embed_batch_max: int = Field(default=32, ge=1)
     embed_batch_wait_ms: float = Field(default=2.0, ge=0)
     embed_cache_size: int = Field(default=50_000, ge=0)
-    # the embedding cache's memory bound (vectors and keys; texts are never kept)
-    embed_cache_max_bytes: int = Field(default=128 * 2**20, ge=0)
-    # new queries waiting for the model; beyond it a route answers 503 + Retry-After
-    embed_queue_max: int = Field(default=1024, ge=1)
 
     decision_ttl_s: float = Field(default=24 * 3600, gt=0)
+    # how long past its deadline an answered or closed decision's tombstone is kept,
+    # so a late second feedback is a 409 rather than a 404
+    decision_grace_s: float = Field(default=3600, ge=0)
+    # the in-process store keeps at most this many decision records per policy and
+    # sheds the oldest beyond (banditroute_decisions_shed); Redis expires them instead
+    decision_max_in_memory: int = Field(default=500_000, ge=1)
     default_reward: float | None = Field(default=None, ge=0, le=1)
     snapshot_every_n: int = Field(default=200, ge=1)
     snapshot_every_ms: int = Field(default=1000, ge=1)
@@ -95,11 +97,6 @@ class Settings(BaseSettings):
 
     client_keys: list[SecretStr] = Field(default_factory=list)
     admin_key: SecretStr | None = None
-    # with keys set, /metrics and the API docs (/openapi.json, /docs) need a key too
-    # unless opened here (e.g. for a Prometheus that scrapes without one);
-    # /healthz and /readyz are always open
-    public_metrics: bool = False
-    public_docs: bool = False
 
     max_query_chars: int = Field(default=100_000, ge=1)
     max_candidates: int = Field(default=64, ge=1)

@@ -5,6 +5,7 @@ learner that dies without a goodbye and a successor that takes its lease over.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -215,3 +216,110 @@ def test_a_graceful_stop_applies_everything_accepted(store_factory: type) -> Non
         await store.close()
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+# ---- issue 11 -----------------------------------------------------------------
+def test_the_sweep_drains_its_whole_backlog_each_round(store_factory: type) -> None:
+    """More decisions expire in a second than one sweep batch: a round closes all of
+    them (with their default reward), so the backlog cannot grow without bound."""
+
+    async def main() -> None:
+        store = store_factory()
+        now = time.time()
+        n = 2500
+        for i in range(n):
+            rec = DecisionRecord(
+                event_id=f"{POLICY}.x{i}",
+                policy=POLICY,
+                model=MODELS[i % 2],
+                propensity=0.5,
+                policy_version=0,
+                context=np.ones(DIM),
+                candidates=MODELS,
+                cost_weight=0.0,
+                created_at=now,
+                deadline=now + 0.05,
+            )
+            await store.put_decision(rec)
+        await asyncio.sleep(0.1)
+        assert await store.due_backlog(POLICY, time.time()) == n
+        lr = Learner(store, POLICY, fresh, every_n=10_000, default_reward=0.5, owner="a")
+        await lr.step()
+        assert lr.stats.closed == n and lr.stats.backlog == 0
+        assert await store.due_backlog(POLICY, time.time()) == 0
+        assert await store.feedback_total(POLICY) == n
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_copies_survive_a_learner_killed_before_it_forwarded_them(store_factory: type) -> None:
+    """The served policy's feedback names its shadow; the learner dies after reading
+    it but before forwarding: its successor forwards every copy, once."""
+
+    async def main() -> None:
+        store = store_factory()
+        now = time.time()
+        for i in range(30):
+            rec = DecisionRecord(
+                event_id=f"{POLICY}.c{i}",
+                policy=POLICY,
+                model=MODELS[i % 2],
+                propensity=0.5,
+                policy_version=0,
+                context=np.ones(DIM),
+                candidates=MODELS,
+                cost_weight=0.0,
+                created_at=now,
+                deadline=now + 600,
+            )
+            await store.put_decision(rec)
+            ev = FeedbackEvent.join(rec, quality=1.0, cost_usd=0.0, source="user", now=now)
+            ev = dataclasses.replace(ev, copies={"shadowpol": {"n": 1.0}})
+            assert (await store.submit_feedback(POLICY, rec.event_id, ev, now)).value == "accepted"
+        a = learner(store, "a")
+        await a.step()  # reads, forwards and applies; then "dies" without publishing
+        await asyncio.sleep(0.4)  # its lease lapses
+        b = learner(store, "b")
+        await b.step()
+        await b._publish()
+        copies = await store.read_feedback("shadowpol", "0-0", 1000)
+        assert sorted(e.event_id for _, e in copies) == sorted(f"{POLICY}.c{i}" for i in range(30))
+        assert await store.shadow_counts("shadowpol") == {"n": 30.0}
+        shadow = Learner(store, "shadowpol", fresh, every_n=1, owner="s")
+        await shadow.step()
+        await shadow._publish()
+        snap = await store.load_snapshot("shadowpol")
+        assert snap is not None and snap.applied == 30
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_the_standalone_learner_opens_the_store_as_the_service_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`banditroute learner` writes default rewards to the decision log: it must trim
+    it at the configured decision_log_max (not the store's default), with the grace."""
+    import signal
+
+    import service.store
+    from service.cli import _run_learners
+    from service.settings import Settings
+
+    seen: dict[str, object] = {}
+
+    async def fake_open_store(*args: object, **kwargs: object) -> Store:
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(service.store, "open_store", fake_open_store)
+    settings = Settings(
+        redis_url=REDIS_URL,
+        decision_log_max=250_000,
+        decision_grace_s=60,
+        models=[{"name": "a", "input_per_m": 1, "output_per_m": 1}],
+    )
+    with pytest.raises(RuntimeError, match="stop here"):
+        asyncio.run(_run_learners(settings, signal))
+    assert seen["log_max"] == 250_000 and seen["grace_s"] == 60

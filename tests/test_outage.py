@@ -22,8 +22,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.embedder import Embedder
 from tests.process_helpers import Procs, free_port, service_config, wait_for
+from tests.service_helpers import drop_prefix, make_settings
 
 REDIS_SERVER = shutil.which("redis-server")
 POLICY = "default"
@@ -221,3 +225,45 @@ def test_redis_outage_degrades_then_recovers_without_losing_feedback(
         assert sum(int(m["pulls"]) for m in status["models"].values()) == accepted, status
     finally:
         client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(REDIS_SERVER is None, reason="needs a redis-server binary")
+def test_a_hung_redis_degrades_routes_at_once_not_after_a_timeout_each(
+    tmp_path: Path, procs: Procs, embedder: Embedder
+) -> None:
+    """Redis stops answering (SIGSTOP: connections hang, nothing is refused). Once the
+    store knows it is down, routes degrade and feedback is refused at once instead of
+    each waiting for the socket timeout (1 s), and both recover by themselves when
+    Redis answers again."""
+    store = PrivateRedis(procs, tmp_path / "redis")
+    store.start()
+    assert store.proc is not None
+    s = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{store.port}/0")
+    with TestClient(create_app(s, embedder=embedder)) as c:
+        first = c.post("/v1/route", json={"query": "before the outage"}).json()
+        assert not first["degraded"], first
+        os.kill(store.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            bodies = [c.post("/v1/route", json={"query": f"hung {i}"}).json() for i in range(10)]
+            answer = {"event_id": first["event_id"], "quality": 1, "cost_usd": 0}
+            refused = [c.post("/v1/feedback", json=answer) for _ in range(5)]
+            elapsed = time.monotonic() - t0
+        finally:
+            os.kill(store.proc.pid, signal.SIGCONT)
+        assert all(b["degraded"] and b["model"] == "small" for b in bodies), bodies
+        assert [r.status_code for r in refused] == [503] * 5
+        # at most the first call (and a probe) waits for the timeout: 15 calls, not 15 s
+        assert elapsed < 4.0, elapsed
+
+        def routes_again() -> bool:
+            return not c.post("/v1/route", json={"query": "back?"}).json()["degraded"]
+
+        wait_for("routing to recover", routes_again, WAIT_S)
+        r = c.post("/v1/feedback", json=answer)
+        assert r.status_code == 202, r.text
+        metrics = c.get("/metrics").text  # the sweep's backlog and the memory cap's sheds
+        assert 'banditroute_expiry_backlog{policy="default"} 0.0' in metrics
+        assert "banditroute_decisions_shed 0.0" in metrics
+    drop_prefix(s.key_prefix, f"redis://127.0.0.1:{store.port}/0")

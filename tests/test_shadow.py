@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.embedder import Embedder
 from service.settings import PolicyConfig, Settings
+from service.store.base import StoreUnavailable
 from tests.service_helpers import REDIS_URL, drop_prefix, redis_up
 from tests.test_ab_http import STRONG, load_pool, settings_for
 
@@ -151,3 +152,32 @@ def test_a_shadow_must_follow_another_configured_policy(tmp_path: Path) -> None:
                 models=[{"name": "a", "input_per_m": 1, "output_per_m": 1}],
                 policies={"default": {}, "self": {"shadow_of": target}},
             )
+
+
+def test_no_copy_is_lost_to_an_outage_after_the_feedback_was_accepted(
+    client: TestClient, pool: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails every write made after the served feedback was accepted (as an
+    outage or a crash right then would): the shadows' copies travel with the feedback
+    itself, so each shadow still counts and learns every one."""
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("down right after the feedback")
+
+    monkeypatch.setattr(rt.store, "append_feedback", down)
+    n = 60
+    for i in range(n):
+        d = client.post("/v1/route", json={"query": pool.prompt[i % len(pool)]}).json()
+        r = client.post(
+            "/v1/feedback", json={"event_id": d["event_id"], "quality": 1.0, "cost_usd": 0.001}
+        )
+        assert r.status_code == 202, r.text
+    st = _waiting_done(client, "bandit", n)
+    assert st["feedback_total"] == n and st["updates_applied"] == n
+    deadline = time.monotonic() + 30
+    while client.get("/v1/policies/strong/shadow").json()["feedback"] < n:
+        assert time.monotonic() < deadline, "the shadow counters missed copies"
+        time.sleep(0.05)
+    rep = client.get("/v1/policies/strong/shadow").json()
+    assert rep["feedback"] == n and rep["decisions"] == n

@@ -617,6 +617,9 @@ def test_redis_outage_is_reported_fast_and_recovered(tmp_path: Path) -> None:
             assert await unavailable(store.get_decision(POLICY, "b", now)) < 2.0
             assert await unavailable(store.snapshot_version(POLICY)) < 2.0
             os.kill(procs[0].pid, signal.SIGCONT)
+            # known down until a probe answers (readiness pings, or the next call
+            # after PROBE_EVERY_S)
+            assert await store.ping()
             assert await store.get_decision(POLICY, "b", now) is not None
 
             # stopped: connection refused -> reported at once
@@ -674,3 +677,225 @@ def test_memory_decision_log_keeps_the_newest_and_outlives_publishing() -> None:
         assert [e.event_id for _, e in later] == ["e5", "e6", "e7"]
 
     asyncio.run(body())
+
+
+# ---- issue 11: tombstones, grace, caps, the sweep, default costs, copies ----------
+def _store(backend: Backend, **kw: float) -> Store:
+    if backend.kind == "memory":
+        return MemoryStore(backend.tmp_path / "state", **kw)  # type: ignore[arg-type]
+    return RedisStore(SHARED_URL, prefix=backend.prefix, **kw)
+
+
+def _run(backend: Backend, body: Body, **kw: float) -> None:
+    async def main() -> None:
+        store = _store(backend, **kw)
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def _raw_decision(backend: Backend, store: Store, event_id: str) -> tuple[set[str], float]:
+    """The fields a decision record still holds and when it goes (unix s; inf: never)."""
+    if isinstance(store, MemoryStore):
+        d = store._policies[POLICY].decisions[event_id]
+        names = set() if d.fields is None else set(d.fields)
+        return names | {"answered"}, d.expire_at
+    with redis.Redis.from_url(SHARED_URL) as r:
+        key = f"{backend.prefix}:{{{POLICY}}}:d:{event_id}"
+        names = {k.decode() for k in r.hkeys(key)}
+        ms = r.pexpiretime(key)
+        return names, (ms / 1000 if ms > 0 else float("inf"))
+
+
+def test_answered_and_closed_decisions_keep_only_a_tombstone(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        now = time.time()
+        a, b, c = record("a", now, ttl=30), record("b", now, ttl=30), record("c", now, ttl=1)
+        for rec in (a, b, c):
+            await store.put_decision(rec)
+        fields, _ = _raw_decision(backend, store, "a")
+        assert {"meta", "x"} <= fields
+        assert await submit(store, a, now) is FeedbackOutcome.ACCEPTED
+        fields, gone = _raw_decision(backend, store, "a")
+        assert not {"meta", "x"} & fields  # the context is dropped at once
+        assert gone == pytest.approx(a.deadline + 120, abs=0.01)  # deadline + grace
+        assert await store.get_decision(POLICY, "a", now) is None
+        assert await store.was_answered(POLICY, "a")
+        assert not await store.was_answered(POLICY, "b")
+        assert not await store.was_answered(POLICY, "nope")
+        assert await submit(store, a, now + 1) is FeedbackOutcome.DUPLICATE
+        assert await store.expire_due(POLICY, now + 5, 0.5) == 1  # c
+        fields, gone = _raw_decision(backend, store, "c")
+        assert not {"meta", "x"} & fields
+        assert gone == pytest.approx(c.deadline + 120, abs=0.01)
+        assert not await store.was_answered(POLICY, "c")
+        assert await submit(store, c, now + 5) is FeedbackOutcome.UNKNOWN
+        # the open one keeps its context beyond deadline + grace, for a lagging sweep
+        fields, gone = _raw_decision(backend, store, "b")
+        assert {"meta", "x"} <= fields and gone > b.deadline + 120 + 60
+
+    _run(backend, body, grace_s=120.0)
+
+
+def test_an_open_decision_outlives_its_grace_until_the_sweep_gives_its_default(
+    backend: Backend,
+) -> None:
+    """A sweep that comes after deadline + grace still closes the decision with its
+    default reward (the record used to be gone by then, and its reward with it)."""
+
+    async def body(store: Store) -> None:
+        now = time.time()
+        rec = record("late", now, ttl=0.2)
+        await store.put_decision(rec)
+        await asyncio.sleep(0.6)  # past deadline + grace (0.1 s)
+        assert await store.due_backlog(POLICY, time.time()) == 1
+        assert await store.expire_due(POLICY, time.time(), 0.3) == 1
+        assert [(e.event_id, e.source) for _, e in await stream(store)] == [("late", "default")]
+        assert await store.due_backlog(POLICY, time.time()) == 0
+
+    _run(backend, body, grace_s=0.1)
+
+
+def test_a_short_grace_forgets_tombstones_soon(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        now = time.time()
+        rec = record("g", now, ttl=0.2)
+        await store.put_decision(rec)
+        assert await submit(store, rec, now) is FeedbackOutcome.ACCEPTED
+        assert await store.was_answered(POLICY, "g")
+        await asyncio.sleep(0.6)  # past deadline + grace
+        await store.put_decision(record("other", time.time()))  # the memory store purges here
+        assert not await store.was_answered(POLICY, "g")
+        assert await submit(store, rec, time.time()) is FeedbackOutcome.UNKNOWN
+
+    _run(backend, body, grace_s=0.1)
+
+
+def test_default_reward_learns_an_imputed_cost(backend: Backend) -> None:
+    """An unanswered decision's default reward comes with the policy's own estimate of
+    the chosen model's cost, else the catalogue price of its prompt and expected
+    output, never a free call."""
+
+    async def body(store: Store) -> None:
+        await store.put_model(
+            ModelPrice("mid", 1.0, 2.0, {"expected_output_tokens": 100, "expected_input_tokens": 7})
+        )
+        now = time.time()
+        estimated = dataclasses.replace(record("est", now, ttl=1), expected_cost=0.0031)
+        priced = record("priced", now, ttl=2)  # prompt_tokens=42, no estimate
+        unpriced = dataclasses.replace(record("ghost", now, ttl=3), model="unknown-model")
+        no_prompt = dataclasses.replace(record("np", now, ttl=4), prompt_tokens=None)
+        for rec in (estimated, priced, unpriced, no_prompt):
+            await store.put_decision(rec)
+        assert await store.expire_due(POLICY, now + 10, 0.25) == 4
+        costs = {e.event_id: e.cost_usd for _, e in await stream(store)}
+        assert costs == pytest.approx(
+            {
+                "est": 0.0031,
+                "priced": (42 * 1.0 + 100 * 2.0) / 1e6,
+                "ghost": 0.0,
+                "np": (7 * 1.0 + 100 * 2.0) / 1e6,
+            }
+        )
+
+    backend.run(body)
+
+
+def test_memory_store_sheds_the_oldest_beyond_its_cap() -> None:
+    async def body() -> None:
+        store = MemoryStore(max_decisions=100)
+        now = time.time()
+        recs = [record(f"s{i}", now, ttl=60 + i) for i in range(250)]
+        for rec in recs:
+            await store.put_decision(rec)
+        st = store._policies[POLICY]
+        assert len(st.decisions) == 100 and store.decisions_shed == 150
+        assert await submit(store, recs[0], now) is FeedbackOutcome.UNKNOWN  # shed
+        assert await submit(store, recs[-1], now) is FeedbackOutcome.ACCEPTED
+        # answering and re-pushing expiries never lets the heaps outgrow the records
+        for i in range(5000):
+            rec = record(f"t{i}", now, ttl=60 + 250 + i)
+            await store.put_decision(rec)
+            assert await submit(store, rec, now) is FeedbackOutcome.ACCEPTED
+        assert len(st.decisions) == 100
+        assert len(st.due) <= 2 * 100 + 1024 and len(st.expiry) <= 2 * 100 + 1024
+
+    asyncio.run(body())
+
+
+def _copies_event(rec: DecisionRecord, now: float) -> FeedbackEvent:
+    shadow = {"n": 1.0, "sw": 2.5}
+    return dataclasses.replace(event(rec, now), copies={"sh": shadow, "var": None})
+
+
+def test_copies_travel_with_the_feedback_and_are_forwarded_once(backend: Backend) -> None:
+    """Shadow and shared-feedback copies are recorded with the feedback, and
+    forwarding them again (a learner re-reading after a crash) copies nothing twice."""
+
+    async def body(store: Store) -> None:
+        now = time.time()
+        recs = [record(f"f{i}", now) for i in range(3)]
+        for rec in recs:
+            await store.put_decision(rec)
+            ev = _copies_event(rec, now)
+            assert await store.submit_feedback(POLICY, rec.event_id, ev, now) is (
+                FeedbackOutcome.ACCEPTED
+            )
+        batch = await stream(store)
+        assert [e.copies for _, e in batch] == [{"sh": {"n": 1.0, "sw": 2.5}, "var": None}] * 3
+        first = await store.forward_copies(POLICY, batch[:2])
+        total = first + await store.forward_copies(POLICY, batch)
+        assert await store.forward_copies(POLICY, batch) == 0
+        assert total == (0 if isinstance(store, MemoryStore) else 6)  # memory: at submit
+        for target in ("sh", "var"):
+            got = await stream(store, target)
+            assert [e.event_id for _, e in got] == ["f0", "f1", "f2"]
+            assert all(e.copies is None and e.policy == POLICY for _, e in got)
+            assert await store.feedback_total(target) == 3
+            assert await store.read_log(target, "0-0", 10) == []  # the log is the served one's
+        assert await store.shadow_counts("sh") == {"n": 3.0, "sw": 7.5}
+        assert await store.shadow_counts("var") == {}
+
+    backend.run(body)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")
+def test_a_store_known_down_fails_fast_until_a_probe_answers(tmp_path: Path) -> None:
+    """Redis hangs (SIGSTOP): the first call waits for the socket timeout, every call
+    after it fails at once instead of waiting too, and once Redis answers again a
+    call after PROBE_EVERY_S goes through by itself."""
+    from service.store.redis import PROBE_EVERY_S
+
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+
+    async def body() -> None:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="ff", socket_timeout=1.0)
+        try:
+            await store.put_decision(record("a", time.time()))
+            os.kill(proc.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.snapshot_version(POLICY)
+            assert time.monotonic() - t0 >= 0.9
+            assert store.known_down
+            t0 = time.monotonic()
+            for _ in range(20):
+                with pytest.raises(StoreUnavailable):
+                    await store.put_decision(record("b", time.time()))
+            assert time.monotonic() - t0 < 0.2
+            os.kill(proc.pid, signal.SIGCONT)
+            await asyncio.sleep(PROBE_EVERY_S + 0.1)
+            assert await store.get_decision(POLICY, "a", time.time()) is not None
+            assert not store.known_down
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        _stop_redis(proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -45,8 +46,16 @@ async def feedback(
     now = time.time()
     try:
         rec = await rt.store.get_decision(policy, req.event_id, now)
+        # an answered decision keeps only a tombstone: it tells a duplicate apart
+        answered = rec is None and await rt.store.was_answered(policy, req.event_id)
     except StoreUnavailable:
         return _unavailable()
+    if answered:
+        rt.metrics.feedback.labels(policy, FeedbackOutcome.DUPLICATE.value).inc()
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"event_id: feedback for {req.event_id!r} was already recorded; it counts once",
+        )
     if rec is None:
         rt.metrics.feedback.labels(policy, "unknown").inc()
         raise HTTPException(
@@ -71,6 +80,7 @@ async def feedback(
             )
     quality = req.quality_value()
     event = FeedbackEvent.join(rec, quality=quality, cost_usd=cost, source=req.source, now=now)
+    event = dataclasses.replace(event, copies=_copies(rt, rec, event) or None)
     try:
         outcome = await rt.store.submit_feedback(policy, req.event_id, event, now)
     except StoreUnavailable:
@@ -85,16 +95,19 @@ async def feedback(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {req.event_id!r}"
         )
-    await _copies(rt, rec, event)
     return FeedbackResponse(
         event_id=req.event_id, status="accepted", quality=quality, cost_usd=cost
     )
 
 
-async def _copies(rt: RuntimeDep, rec: DecisionRecord, event: FeedbackEvent) -> None:
-    """After the feedback is recorded: shadows of the served policy, and with
-    share_feedback the experiment's other variants, learn from it too. The served
-    feedback already counts; a copy lost to an outage is logged, never an error."""
+def _copies(
+    rt: RuntimeDep, rec: DecisionRecord, event: FeedbackEvent
+) -> dict[str, dict[str, float] | None]:
+    """Who else learns from this feedback: the served policy's shadows (with what it
+    adds to their shadow counters) and, with share_feedback, the experiment's other
+    variants. They travel with the event, recorded in the same atomic step, and the
+    served policy's learner forwards them (Store.forward_copies): none is lost to a
+    crash or an outage after the feedback was accepted."""
     targets: dict[str, dict[str, float] | None] = {}
     for shadow, (_, p_shadow) in (rec.shadows or {}).items():
         w = p_shadow / rec.propensity
@@ -104,8 +117,4 @@ async def _copies(rt: RuntimeDep, rec: DecisionRecord, event: FeedbackEvent) -> 
         for v in exp.variants:
             if v.policy != rec.policy and v.policy not in targets:
                 targets[v.policy] = None
-    for policy, incr in targets.items():
-        try:
-            await rt.store.append_feedback(policy, event, incr)
-        except StoreUnavailable:
-            log.warning("feedback %s not copied to %s: store unreachable", rec.event_id, policy)
+    return targets

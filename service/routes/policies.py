@@ -29,6 +29,8 @@ async def progress(rt: Runtime, name: str) -> tuple[Snapshot | None, int, int, f
         lag = max(0.0, time.time() - snap.published_at) if waiting else 0.0
         rt.metrics.learner_lag.labels(name).set(lag)
     rt.metrics.feedback_waiting.labels(name).set(waiting)
+    rt.metrics.expiry_backlog.labels(name).set(await rt.store.due_backlog(name, time.time()))
+    rt.metrics.decisions_shed.set(rt.store.decisions_shed)
     return snap, total, waiting, lag
 
 

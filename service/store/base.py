@@ -83,6 +83,9 @@ class DecisionRecord:
     unit: str | None = None  # the experiment's unit; None: assigned at random
     # shadow policy -> [its choice, its probability of the served model]
     shadows: dict[str, tuple[str, float]] | None = None
+    # the policy's own estimate of the chosen model's cost (USD) at choose time: the
+    # cost a decision that expires unanswered learns with its default reward
+    expected_cost: float | None = None
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,6 +136,11 @@ class FeedbackEvent:
     candidates: list[str] | None = None
     created_at: float | None = None
     unit: str | None = None  # the experiment's unit; None: anonymous, a unit of its own
+    # other policies that learn from this feedback too (shadows, variants sharing
+    # feedback) -> what it adds to their shadow counters (None: nothing). Recorded in
+    # the same atomic step as the feedback; the learner forwards the copies
+    # (`Store.forward_copies`) before it publishes a snapshot containing the event.
+    copies: dict[str, dict[str, float] | None] | None = None
 
     def encode(self) -> dict[str, bytes]:
         meta = asdict(self)
@@ -174,18 +182,26 @@ class FeedbackEvent:
 @dataclass(frozen=True)
 class Snapshot:
     """A published policy state. last_id: the newest stream entry it contains
-    ("0-0" for none); applied: feedback events applied in total."""
+    ("0-0" for none); applied: feedback events applied in total; features: the
+    featurizer that made its contexts (Featurizer.describe() as JSON, "" unknown), so
+    a worker with another one refuses it."""
 
     state: bytes
     version: int
     last_id: str
     applied: int
     published_at: float = 0.0
+    features: str = ""
 
 
 # a typical routed prompt and answer, for a model whose catalogue entry says nothing
 DEFAULT_INPUT_TOKENS = 200
 DEFAULT_OUTPUT_TOKENS = 256
+
+# an open decision is kept this long past deadline + grace, so that a sweep that
+# lagged (no learner for a while) still finds it and gives it its default reward;
+# answered and closed decisions shrink to a tombstone kept until deadline + grace
+SWEEP_MARGIN_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +239,24 @@ class ModelPrice:
 UNIT_TTL_S = 30 * 24 * 3600.0
 
 
+def default_cost(rec: DecisionRecord, models: dict[str, ModelPrice]) -> float:
+    """The cost (USD) a decision that expired unanswered learns with its default
+    reward: the policy's own estimate for the chosen model when it made one, else the
+    catalogue price of the prompt (rec.prompt_tokens, else the model's expected input)
+    plus the model's expected output, else 0 (a model the catalogue no longer has).
+    Cost 0 would make models whose decisions often go unanswered look cheap."""
+    if rec.expected_cost is not None and rec.expected_cost >= 0:
+        return float(rec.expected_cost)
+    price = models.get(rec.model)
+    if price is None:
+        return 0.0
+    m = price.meta
+    prompt = rec.prompt_tokens
+    if prompt is None:
+        prompt = int(m.get("expected_input_tokens", DEFAULT_INPUT_TOKENS))
+    return price.cost(prompt, int(m.get("expected_output_tokens", DEFAULT_OUTPUT_TOKENS)))
+
+
 def feedback_increments(event: FeedbackEvent) -> dict[str, float]:
     """What an accepted event adds to its experiment variant's counters."""
     return Sums.increments(event.quality, event.cost_usd)
@@ -240,16 +274,23 @@ class Store(ABC):
 
     @abstractmethod
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
-        """The record if it exists, its deadline has not passed (now <= deadline) and
-        the sweep has not closed it, else None."""
+        """The record if it exists, is unanswered, its deadline has not passed
+        (now <= deadline) and the sweep has not closed it, else None (an answered or
+        closed decision keeps only a tombstone without its context: `was_answered`)."""
+
+    @abstractmethod
+    async def was_answered(self, policy: str, event_id: str) -> bool:
+        """True while the decision's tombstone says it got its feedback (until its
+        deadline + grace): a second feedback is then a 409, not a 404."""
 
     @abstractmethod
     async def submit_feedback(
         self, policy: str, event_id: str, event: FeedbackEvent, now: float
     ) -> FeedbackOutcome:
         """Atomically: if the decision exists, is unanswered and not past its deadline,
-        mark it answered and append `event` to the policy's feedback stream (ACCEPTED);
-        if already answered, DUPLICATE; otherwise UNKNOWN. Nothing else changes.
+        mark it answered (dropping its context: a tombstone stays until deadline +
+        grace) and append `event`, with its `copies`, to the policy's feedback stream
+        (ACCEPTED); if already answered, DUPLICATE; otherwise UNKNOWN.
 
         The checks run in this order: missing -> UNKNOWN; answered -> DUPLICATE (also
         after the deadline, while the record is kept for the grace period); closed by
@@ -266,8 +307,28 @@ class Store(ABC):
     ) -> int:
         """Close decisions whose deadline passed unanswered (deadline < now), oldest
         deadline first, at most `limit`. With a default quality, each gets a
-        FeedbackEvent (source "default", cost 0) appended atomically with its closing.
-        A closed decision refuses late feedback as UNKNOWN. Returns how many were closed."""
+        FeedbackEvent (source "default", cost imputed by `default_cost`) appended
+        atomically with its closing. A closed decision refuses late feedback as UNKNOWN
+        and keeps only a tombstone. Returns how many were closed."""
+
+    @abstractmethod
+    async def due_backlog(self, policy: str, now: float) -> int:
+        """Open decisions whose deadline passed (deadline < now) that the sweep has not
+        closed yet."""
+
+    @abstractmethod
+    async def forward_copies(self, policy: str, batch: list[tuple[str, FeedbackEvent]]) -> int:
+        """For each (stream id, event) of `policy`'s stream, in stream order: append a
+        copy of the event (without its `copies`) to every policy named in
+        event.copies, adding its shadow increments to that policy's shadow counters,
+        in one atomic step per target. Idempotent: each target remembers the newest
+        source stream id it took, so a learner that re-reads after a crash copies
+        nothing twice. Returns the copies appended."""
+
+    @property
+    def decisions_shed(self) -> int:
+        """Decision records dropped to respect a memory cap (in-process store only)."""
+        return 0
 
     @abstractmethod
     async def read_feedback(

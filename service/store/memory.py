@@ -21,16 +21,18 @@ import bisect
 import collections
 import heapq
 import json
+import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from service.abstats import UnitTotals, unit_decision, unit_feedback
 from service.store.base import (
     NOT_HELD,
     RENEWED,
+    SWEEP_MARGIN_S,
     TAKEN,
     UNIT_TTL_S,
     DecisionRecord,
@@ -41,9 +43,12 @@ from service.store.base import (
     Store,
     StoreUnavailable,
     check_policy_name,
+    default_cost,
     feedback_increments,
     parse_stream_id,
 )
+
+log = logging.getLogger("banditroute.store")
 
 _MAGIC = b"BRSNAP1\n"
 _MODELS_FILE = "models.json"
@@ -56,9 +61,11 @@ _OPEN, _ANSWERED, _CLOSED = 0, 1, 2
 StreamId = tuple[int, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Decision:
-    fields: dict[str, bytes]  # DecisionRecord.encode(), so reads decode like Redis
+    # DecisionRecord.encode(), so reads decode like Redis; None once answered or
+    # closed (a tombstone: the context is what weighs)
+    fields: dict[str, bytes] | None
     deadline: float
     expire_at: float  # wall-clock unix seconds; the record is gone after it
     state: int = _OPEN
@@ -88,13 +95,18 @@ class _Policy:
         field(default_factory=dict)
     )
     shadow: dict[str, float] = field(default_factory=dict)
+    # source policy -> the newest of its stream ids copied here (forward_copies)
+    marks: dict[str, StreamId] = field(default_factory=dict)
 
 
 class MemoryStore(Store):
     """The store in this process; snapshots persisted under `state_dir` if given.
 
-    grace_s: how long past its deadline a decision is kept, so a late second
-    feedback is still recognised as a duplicate (409) rather than unknown (404).
+    grace_s: how long past its deadline a decision's tombstone is kept, so a late
+    second feedback is still recognised as a duplicate (409) rather than unknown (404).
+    max_decisions: at most this many decision records (open ones and tombstones) per
+    policy; beyond it the oldest are shed (`decisions_shed`, logged): their feedback
+    then gets a 404 and an open one no default reward.
     log_max: how many events each policy's decision log keeps. Experiment configs
     persist under `state_dir` like the catalogue; their counters, like the log, live
     in memory only. Each experiment variant keeps its units' own totals (for the
@@ -106,10 +118,19 @@ class MemoryStore(Store):
     unit_max: int = 200_000
 
     def __init__(
-        self, state_dir: Path | None = None, *, grace_s: float = 3600.0, log_max: int = 100_000
+        self,
+        state_dir: Path | None = None,
+        *,
+        grace_s: float = 3600.0,
+        log_max: int = 100_000,
+        max_decisions: int = 500_000,
     ) -> None:
         if grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {grace_s}")
+        if max_decisions < 1:
+            raise ValueError(f"max_decisions must be >= 1, got {max_decisions}")
+        self.max_decisions = max_decisions
+        self._shed = 0
         if log_max < 1:
             raise ValueError(f"log_max must be >= 1, got {log_max}")
         self.state_dir = state_dir
@@ -131,10 +152,11 @@ class MemoryStore(Store):
         st = self._policy(rec.policy)
         wall = time.time()
         self._purge(st, wall)
-        expire_at = rec.deadline + self.grace_s
+        expire_at = rec.deadline + self.grace_s + SWEEP_MARGIN_S
         st.decisions[rec.event_id] = _Decision(rec.encode(), rec.deadline, expire_at)
         heapq.heappush(st.due, (rec.deadline, rec.event_id))
         heapq.heappush(st.expiry, (expire_at, rec.event_id))
+        self._bound(st)
         if rec.experiment is not None:
             arm = (rec.experiment, rec.variant or "")
             counters = st.counters.setdefault(arm, {})
@@ -152,9 +174,13 @@ class MemoryStore(Store):
 
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
         d = self._live(self._policy(policy), event_id)
-        if d is None or d.state == _CLOSED or now > d.deadline:
+        if d is None or d.state != _OPEN or d.fields is None or now > d.deadline:
             return None
         return DecisionRecord.decode(d.fields)
+
+    async def was_answered(self, policy: str, event_id: str) -> bool:
+        d = self._live(self._policy(policy), event_id)
+        return d is not None and d.state == _ANSWERED
 
     async def submit_feedback(
         self, policy: str, event_id: str, event: FeedbackEvent, now: float
@@ -169,7 +195,15 @@ class MemoryStore(Store):
         if d.state == _CLOSED or now > d.deadline:
             return FeedbackOutcome.UNKNOWN
         d.state = _ANSWERED
+        self._tombstone(st, event_id, d)
         self._append(st, event.encode())
+        # the copies for shadows and sharing variants, in the same step (one process:
+        # nothing can fail between); forward_copies then finds them taken
+        copies = (event.copies or {}).items()
+        copied = [self._copy(t, policy, st.last_id, event, incr) for t, incr in copies]
+        for target in copied:
+            if target is not None:
+                await self._notify(target)
         if event.experiment is not None:
             arm = (event.experiment, event.variant or "")
             counters = st.counters.setdefault(arm, {})
@@ -192,6 +226,7 @@ class MemoryStore(Store):
     ) -> int:
         st = self._policy(policy)
         self._purge(st, time.time())
+        prices = await self.get_models() if default_quality is not None else {}
         closed = 0
         while st.due and st.due[0][0] < now and closed < limit:
             deadline, event_id = heapq.heappop(st.due)
@@ -201,15 +236,46 @@ class MemoryStore(Store):
                 continue
             d.state = _CLOSED
             closed += 1
-            if default_quality is not None:
+            if default_quality is not None and d.fields is not None:
                 rec = DecisionRecord.decode(d.fields)
+                cost = default_cost(rec, prices)
                 ev = FeedbackEvent.join(
-                    rec, quality=default_quality, cost_usd=0.0, source="default", now=now
+                    rec, quality=default_quality, cost_usd=cost, source="default", now=now
                 )
                 self._append(st, ev.encode())
+            self._tombstone(st, event_id, d)
         if closed and default_quality is not None:
             await self._notify(st)
         return closed
+
+    async def due_backlog(self, policy: str, now: float) -> int:
+        st = self._policy(policy)
+        # walk only the part of the heap past its deadline: a child is never earlier
+        # than its parent, so a subtree whose root is not due has nothing due
+        count, todo = 0, [0] if st.due else []
+        while todo:
+            i = todo.pop()
+            deadline, event_id = st.due[i]
+            if deadline >= now:
+                continue
+            d = st.decisions.get(event_id)
+            count += d is not None and d.state == _OPEN and d.deadline == deadline
+            todo += [c for c in (2 * i + 1, 2 * i + 2) if c < len(st.due)]
+        return count
+
+    async def forward_copies(self, policy: str, batch: list[tuple[str, FeedbackEvent]]) -> int:
+        done = 0
+        for entry_id, ev in batch:
+            for target, incr in (ev.copies or {}).items():
+                tst = self._copy(target, policy, parse_stream_id(entry_id), ev, incr)
+                if tst is not None:
+                    done += 1
+                    await self._notify(tst)
+        return done
+
+    @property
+    def decisions_shed(self) -> int:
+        return self._shed
 
     async def read_feedback(
         self, policy: str, after_id: str, count: int, block_ms: int = 0
@@ -323,6 +389,7 @@ class MemoryStore(Store):
             last_id=str(meta["last_id"]),
             applied=int(meta["applied"]),
             published_at=float(meta["published_at"]),
+            features=str(meta.get("features", "")),
         )
 
     async def snapshot_version(self, policy: str) -> int:
@@ -406,6 +473,60 @@ class MemoryStore(Store):
         d = st.decisions.get(event_id)
         return d if d is not None and time.time() <= d.expire_at else None
 
+    def _tombstone(self, st: _Policy, event_id: str, d: _Decision) -> None:
+        """Answered or closed: drop the context, keep the state until deadline + grace."""
+        d.fields = None
+        d.expire_at = d.deadline + self.grace_s
+        heapq.heappush(st.expiry, (d.expire_at, event_id))
+
+    def _copy(
+        self,
+        target: str,
+        source: str,
+        source_id: StreamId,
+        event: FeedbackEvent,
+        shadow: dict[str, float] | None,
+    ) -> _Policy | None:
+        """Append a copy of `source`'s event `source_id` to `target`'s stream unless
+        `target` has taken it already; the target's state if it appended."""
+        tst = self._policy(target)
+        if source_id <= tst.marks.get(source, (0, 0)):
+            return None
+        tst.marks[source] = source_id
+        self._append(tst, replace(event, copies=None).encode(), log=False)
+        for name, value in (shadow or {}).items():
+            tst.shadow[name] = tst.shadow.get(name, 0.0) + value
+        return tst
+
+    def _bound(self, st: _Policy) -> None:
+        """Keep the decision records under max_decisions and the heaps near their live
+        entries (answered decisions and moved expiries leave stale heap entries)."""
+        if len(st.decisions) > self.max_decisions:
+            shed = 0
+            while len(st.decisions) > self.max_decisions and st.expiry:
+                expire_at, event_id = heapq.heappop(st.expiry)
+                d = st.decisions.get(event_id)
+                if d is not None and d.expire_at == expire_at:
+                    del st.decisions[event_id]
+                    shed += 1
+            if self._shed == 0 or (self._shed + shed) // 10_000 > self._shed // 10_000:
+                log.warning(
+                    "in-process store: over max_decisions=%d, %d decision records shed so "
+                    "far (oldest first; their feedback gets a 404)",
+                    self.max_decisions,
+                    self._shed + shed,
+                )
+            self._shed += shed
+        live = len(st.decisions)
+        if len(st.due) > 2 * live + 1024:
+            st.due = [
+                (d.deadline, i) for i, d in st.decisions.items() if d.state == _OPEN
+            ]
+            heapq.heapify(st.due)
+        if len(st.expiry) > 2 * live + 1024:
+            st.expiry = [(d.expire_at, i) for i, d in st.decisions.items()]
+            heapq.heapify(st.expiry)
+
     @staticmethod
     def _purge(st: _Policy, wall: float) -> None:
         """Forget decisions past deadline + grace (what PEXPIREAT does in Redis)."""
@@ -484,6 +605,7 @@ def _header(snap: Snapshot) -> dict[str, float | int | str]:
         "applied": snap.applied,
         "published_at": snap.published_at,
         "size": len(snap.state),
+        "features": snap.features,
     }
 
 
@@ -546,6 +668,7 @@ def _read_snapshot(path: Path) -> Snapshot | None:
         last_id=str(head["last_id"]),
         applied=int(head["applied"]),
         published_at=float(head["published_at"]),
+        features=str(head.get("features", "")),
     )
 
 

@@ -4,18 +4,24 @@ Key layout (every key of one policy carries the hash tag `{policy}`, so a Redis
 Cluster keeps a policy on one shard and every script touches one slot):
 
     <prefix>:{<policy>}:d:<event_id>  hash: meta, x (DecisionRecord.encode()), deadline
-                                      (unix s), answered ("0" open, "1" answered,
-                                      "2" closed by the sweep); expires at deadline + grace
+                                      (unix s), tomb (ms), answered ("0" open, "1"
+                                      answered, "2" closed by the sweep); once answered
+                                      or closed a tombstone without meta and x that
+                                      expires at tomb = deadline + grace; while open at
+                                      tomb + SWEEP_MARGIN_S
     <prefix>:{<policy>}:due           sorted set: open event ids scored by deadline
     <prefix>:{<policy>}:stream        stream: feedback events (fields meta, x)
     <prefix>:{<policy>}:fbtotal       counter: events ever appended to the stream
     <prefix>:{<policy>}:snap          string: the published policy state
-    <prefix>:{<policy>}:snapmeta      hash: version, last_id, applied, published_at
+    <prefix>:{<policy>}:snapmeta      hash: version, last_id, applied, published_at,
+                                      features
     <prefix>:{<policy>}:lease         string: the learner holding the lease, with a TTL
     <prefix>:{<policy>}:log           stream: every feedback event (the decision log),
                                       capped at about log_max entries, never trimmed
                                       by publishing
     <prefix>:{<policy>}:shadow        hash: the policy's counters as a shadow
+    <prefix>:{<policy>}:marks         hash: source policy -> the newest id of its stream
+                                      copied to this policy's stream (forward_copies)
     <prefix>:{<policy>}:x:<exp>:<variant>    hash: an experiment variant's counters
     <prefix>:{<policy>}:xu:<exp>:<variant>   HyperLogLog: its distinct units
     <prefix>:{<policy>}:xt:<exp>:<variant>   hash: unit -> its totals "D N Q C" (for the
@@ -37,8 +43,9 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -48,6 +55,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.store.base import (
+    SWEEP_MARGIN_S,
     UNIT_TTL_S,
     DecisionRecord,
     FeedbackEvent,
@@ -57,6 +65,7 @@ from service.store.base import (
     Store,
     StoreUnavailable,
     check_policy_name,
+    default_cost,
     feedback_increments,
     parse_stream_id,
 )
@@ -107,6 +116,9 @@ if answered == '1' then return 2 end
 if answered ~= '0' then return 0 end
 if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then return 0 end
 redis.call('HSET', KEYS[1], 'answered', '1')
+redis.call('HDEL', KEYS[1], 'meta', 'x')
+local tomb = redis.call('HGET', KEYS[1], 'tomb')
+if tomb then redis.call('PEXPIREAT', KEYS[1], tomb) end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'meta', ARGV[3], 'x', ARGV[4])
@@ -176,6 +188,9 @@ if answered ~= '0' then
 end
 if tonumber(redis.call('HGET', KEYS[1], 'deadline')) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'answered', '2')
+redis.call('HDEL', KEYS[1], 'meta', 'x')
+local tomb = redis.call('HGET', KEYS[1], 'tomb')
+if tomb then redis.call('PEXPIREAT', KEYS[1], tomb) end
 redis.call('ZREM', KEYS[2], ARGV[2])
 if #ARGV >= 5 then
   redis.call('XADD', KEYS[3], '*', 'meta', ARGV[4], 'x', ARGV[5])
@@ -186,7 +201,8 @@ return 1
 """
 
 # KEYS: snap, snapmeta, stream, lease.
-# ARGV: fenced ("1"/"0"), owner, state, version, last_id, applied, published_at, minid.
+# ARGV: fenced ("1"/"0"), owner, state, version, last_id, applied, published_at, minid,
+# features.
 _PUBLISH = """
 if ARGV[1] == '1' then
   if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
@@ -195,7 +211,7 @@ if ARGV[1] == '1' then
 end
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('HSET', KEYS[2], 'version', ARGV[4], 'last_id', ARGV[5],
-           'applied', ARGV[6], 'published_at', ARGV[7])
+           'applied', ARGV[6], 'published_at', ARGV[7], 'features', ARGV[9] or '')
 if ARGV[8] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[8]) end
 return 1
 """
@@ -225,6 +241,31 @@ _OUTCOMES = {1: FeedbackOutcome.ACCEPTED, 2: FeedbackOutcome.DUPLICATE, 0: Feedb
 _MAX_SEQ = 2**64 - 1
 
 
+# KEYS: target stream, fbtotal, shadow counters, marks. ARGV: source policy, source
+# stream id ms, seq, meta, x, then field, increment pairs for the shadow counters.
+# Appends the copy unless the target already took this source id or a later one.
+_FORWARD = """
+local mark = redis.call('HGET', KEYS[4], ARGV[1])
+local ms, seq = tonumber(ARGV[2]), tonumber(ARGV[3])
+if mark then
+  local mms, mseq = string.match(mark, '^(%d+)-(%d+)$')
+  mms, mseq = tonumber(mms), tonumber(mseq)
+  if ms < mms or (ms == mms and seq <= mseq) then return 0 end
+end
+redis.call('XADD', KEYS[1], '*', 'meta', ARGV[4], 'x', ARGV[5])
+redis.call('INCR', KEYS[2])
+for i = 6, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. '-' .. ARGV[3])
+return 1
+"""
+
+# how long the store, once it found Redis unreachable, fails every call at once
+# before it lets one call through to probe (a call that succeeds ends the outage)
+PROBE_EVERY_S = 0.5
+
+
 def _reachable(
     fn: Callable[Concatenate[RedisStore, P], Awaitable[T]],
 ) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
@@ -232,13 +273,26 @@ def _reachable(
 
     @functools.wraps(fn)
     async def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        # known down: fail at once instead of waiting for the socket timeout, except
+        # one call every PROBE_EVERY_S that goes through as the probe
+        if self._down_since is not None:
+            now = time.monotonic()
+            if now < self._next_probe:
+                raise StoreUnavailable(
+                    f"redis at {self.where} unavailable during {fn.__name__}: known down "
+                    f"for {now - self._down_since:.1f} s"
+                )
+            self._next_probe = now + PROBE_EVERY_S
         try:
-            return await fn(self, *args, **kwargs)
+            result = await fn(self, *args, **kwargs)
         except _UNREACHABLE as exc:
+            self._mark_down()
             raise StoreUnavailable(
                 f"redis at {self.where} unavailable during {fn.__name__}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        self._mark_up()
+        return result
 
     return wrapper
 
@@ -253,6 +307,7 @@ class _Scripts:
         self.publish = client.register_script(_PUBLISH)
         self.acquire = client.register_script(_ACQUIRE)
         self.release = client.register_script(_RELEASE)
+        self.forward = client.register_script(_FORWARD)
 
 
 class _Keys:
@@ -269,6 +324,7 @@ class _Keys:
         self.fbtotal = f"{base}:fbtotal"
         self.log = f"{base}:log"
         self.shadow = f"{base}:shadow"
+        self.marks = f"{base}:marks"
 
     def decision(self, event_id: str) -> str:
         return f"{self.base}:d:{event_id}"
@@ -336,6 +392,8 @@ class RedisStore(Store):
         self._client: aioredis.Redis | None = None
         self._scripts: _Scripts | None = None
         self._keys: dict[str, _Keys] = {}
+        self._down_since: float | None = None  # monotonic; None while Redis answers
+        self._next_probe = 0.0
 
     @classmethod
     async def connect(
@@ -415,12 +473,13 @@ class RedisStore(Store):
         fields: dict[Any, Any] = {
             **rec.encode(),
             "deadline": repr(float(rec.deadline)),
+            "tomb": str(int((rec.deadline + self.grace_s) * 1000)),
             "answered": "0",
         }
         # MULTI costs no extra round trip and never leaves a record without its TTL
         async with self._redis().pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
-            pipe.pexpireat(key, int((rec.deadline + self.grace_s) * 1000))
+            pipe.pexpireat(key, int((rec.deadline + self.grace_s + SWEEP_MARGIN_S) * 1000))
             pipe.zadd(k.due, {rec.event_id: rec.deadline})
             if rec.experiment is not None:
                 counters = k.counters(rec.experiment, rec.variant)
@@ -443,10 +502,15 @@ class RedisStore(Store):
         fields = cast(
             dict[bytes, bytes], await self._redis().hgetall(self._k(policy).decision(event_id))
         )
-        if not fields or fields.get(b"answered") == b"2":
+        if not fields or fields.get(b"answered") != b"0" or b"meta" not in fields:
             return None
         rec = DecisionRecord.decode(fields)
         return None if now > rec.deadline else rec
+
+    @_reachable
+    async def was_answered(self, policy: str, event_id: str) -> bool:
+        key = self._k(policy).decision(event_id)
+        return await self._redis().hget(key, "answered") == b"1"
 
     @_reachable
     async def submit_feedback(
@@ -507,13 +571,16 @@ class RedisStore(Store):
             async with r.pipeline(transaction=False) as pipe:
                 for event_id in ids:
                     pipe.hmget(k.decision(event_id), ["meta", "x"])
-                records = await pipe.execute()
+                pipe.hgetall(self.models_key)
+                *records, raw_models = await pipe.execute()
+            prices = {_text(n): ModelPrice(**json.loads(v)) for n, v in raw_models.items()}
             for i, (meta, x) in enumerate(records):
                 if meta is None or x is None:
                     continue  # gone: the script just drops it from `due`
                 rec = DecisionRecord.decode({"meta": meta, "x": x})
+                cost = default_cost(rec, prices)
                 ev = FeedbackEvent.join(
-                    rec, quality=default_quality, cost_usd=0.0, source="default", now=now
+                    rec, quality=default_quality, cost_usd=cost, source="default", now=now
                 )
                 enc = ev.encode()
                 extra[i] = [enc["meta"], enc["x"]]
@@ -526,6 +593,33 @@ class RedisStore(Store):
                 )
             closed = await pipe.execute()
         return sum(int(c) for c in closed)
+
+    @_reachable
+    async def due_backlog(self, policy: str, now: float) -> int:
+        return int(await self._redis().zcount(self._k(policy).due, "-inf", f"({float(now)!r}"))
+
+    @_reachable
+    async def forward_copies(self, policy: str, batch: list[tuple[str, FeedbackEvent]]) -> int:
+        work = [(i, ev) for i, ev in batch if ev.copies]
+        if not work:
+            return 0
+        # one pipeline, each script in its target's slot; in stream order per target
+        async with self._redis().pipeline(transaction=False) as pipe:
+            for entry_id, ev in work:
+                ms, seq = parse_stream_id(entry_id)
+                enc = replace(ev, copies=None).encode()
+                for target, incr in (ev.copies or {}).items():
+                    k = self._k(target)
+                    pairs: list[Any] = []
+                    for name, value in (incr or {}).items():
+                        pairs += [name, repr(float(value))]
+                    await self._lua().forward(
+                        keys=[k.stream, k.fbtotal, k.shadow, k.marks],
+                        args=[policy, ms, seq, enc["meta"], enc["x"], *pairs],
+                        client=pipe,
+                    )
+            done = await pipe.execute()
+        return sum(int(d) for d in done)
 
     @_reachable
     async def read_feedback(
@@ -655,6 +749,7 @@ class RedisStore(Store):
                 snap.applied,
                 repr(float(snap.published_at)),
                 _min_id_after(snap.last_id),
+                snap.features,
             ],
         )
         return bool(ok)
@@ -675,6 +770,7 @@ class RedisStore(Store):
             last_id=meta[b"last_id"].decode(),
             applied=int(meta[b"applied"]),
             published_at=float(meta[b"published_at"]),
+            features=meta.get(b"features", b"").decode(),
         )
 
     @_reachable
@@ -688,6 +784,7 @@ class RedisStore(Store):
             last_id=meta[b"last_id"].decode(),
             applied=int(meta[b"applied"]),
             published_at=float(meta[b"published_at"]),
+            features=meta.get(b"features", b"").decode(),
         )
 
     @_reachable
@@ -722,10 +819,35 @@ class RedisStore(Store):
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:
+        """Always asks Redis (it is the probe): an answer ends a known outage."""
         try:
-            return bool(await self._redis().ping())
+            ok = bool(await self._redis().ping())
         except Exception:  # a health probe answers, it never raises
+            self._mark_down()
             return False
+        if ok:
+            self._mark_up()
+        return ok
+
+    @property
+    def known_down(self) -> bool:
+        """True from a call that could not reach Redis until one that did."""
+        return self._down_since is not None
+
+    def _mark_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("redis at %s unreachable; failing fast until a probe answers", self.where)
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+
+    def _mark_up(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "redis at %s answers again after %.1f s",
+                self.where,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
 
     async def close(self) -> None:
         client, self._client, self._scripts = self._client, None, None

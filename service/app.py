@@ -7,18 +7,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policies import Policy, PolicyError, load_policy
 from service.abreport import collect, cost_scale, guardrail_stops
-from service.batcher import FeatureBatcher
+from service.batcher import FeatureBatcher, Overloaded
+from service.deps import DocsAuth, _role, require_admin
 from service.embedder import Embedder
 from service.experiments import ExperimentConfig
 from service.features import Featurizer
@@ -28,6 +35,7 @@ from service.middleware import LimitsAndMetrics
 from service.routes import experiments, feedback, health, models, policies, route
 from service.runtime import single_threaded_blas
 from service.runtime_state import Runtime
+from service.schemas import ErrorOut, ValidationErrorOut
 from service.serving import (
     ServingPolicy,
     build_policy,
@@ -40,6 +48,18 @@ from service.store import open_store
 from service.store.base import ModelPrice, Store, StoreUnavailable
 
 log = logging.getLogger("banditroute.app")
+_ROUTERS = (
+    route.router,
+    feedback.router,
+    models.router,
+    policies.router,
+    experiments.router,
+    health.router,
+)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message says what to fix."""
 
 
 def create_app(
@@ -63,17 +83,15 @@ def create_app(
         version="0.1.0",
         description="Online LLM routing with contextual bandits.",
         lifespan=lifespan,
+        # served below, behind the keys unless `public_docs`
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
-    for r in (
-        route.router,
-        feedback.router,
-        models.router,
-        policies.router,
-        experiments.router,
-        health.router,
-    ):
+    for r in _ROUTERS:
         app.include_router(r)
     _install_handlers(app, settings)
+    _install_docs(app)
     return app
 
 
@@ -86,7 +104,9 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         grace_s=settings.decision_grace_s,
         max_decisions=settings.decision_max_in_memory,
     )
-    emb = embedder or Embedder(cache_size=settings.embed_cache_size)
+    emb = embedder or Embedder(
+        cache_size=settings.embed_cache_size, cache_max_bytes=settings.embed_cache_max_bytes
+    )
     if not emb.loaded:
         await asyncio.to_thread(emb.load)
     featurizer = Featurizer(emb, projection_dim=settings.projection_dim)
@@ -95,10 +115,19 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         featurizer,
         max_batch=settings.embed_batch_max,
         max_wait_ms=settings.embed_batch_wait_ms,
+        max_queue=settings.embed_queue_max,
     )
     catalogue, catalogue_confirmed = await _catalogue(settings, st)
     if not catalogue:
-        raise RuntimeError("models: the catalogue is empty; configure at least one model")
+        raise StartupError(
+            "models: the catalogue is empty; configure at least one model "
+            "(e.g. --config deploy/banditroute.toml)"
+        )
+    if not settings.auth_enabled:
+        log.warning(
+            "no API keys configured (client_keys, admin_key): every caller is admin, "
+            "including model and experiment changes and the decision log"
+        )
     serving: dict[str, ServingPolicy] = {}
     for name, cfg in settings.policies.items():
         serving[name] = await _restore(
@@ -305,12 +334,17 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(
+            # the body is read before the auth dependencies run: a caller without a
+            # valid key learns that first, as with any other body
+            refused = _auth_refusal(request)
+            if refused is not None:
+                return refused
+            return ErrorResponse(
                 status_code=status.HTTP_400_BAD_REQUEST,
                 content={"detail": "body: malformed JSON"},
             )
         messages = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors]
-        return JSONResponse(
+        return ErrorResponse(
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
             content={
                 "detail": "; ".join(messages),
@@ -321,18 +355,174 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
             },
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names the methods of the first route matching the path only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request.scope))}
+        return ErrorResponse(
+            status_code=exc.status_code, content={"detail": exc.detail}, headers=headers
+        )
+
     @app.exception_handler(StoreUnavailable)
     async def store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        return JSONResponse(
+        return ErrorResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             content={"detail": "the store is unreachable; retry later"},
             headers={"Retry-After": "1"},
         )
 
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return ErrorResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(
+        return ErrorResponse(
             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
             content={"detail": "internal error; it has been logged"},
         )
+
+
+class ErrorResponse(JSONResponse):
+    """An error body, ASCII-escaped: a detail that echoes client input (a name, a
+    JSON key) can never fail to encode, whatever characters it holds."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _allowed(scope: Any) -> list[str]:
+    """Every method some route serves at this request's path."""
+    methods: set[str] = set()
+    for router in _ROUTERS:
+        for r in router.routes:
+            if isinstance(r, APIRoute) and r.path_regex.match(scope.get("path", "")):
+                methods |= r.methods or set()
+    return sorted(methods)
+
+
+def _needs_admin(route: Any) -> bool:
+    dependant = getattr(route, "dependant", None)
+    return dependant is not None and any(
+        d.call is require_admin for d in dependant.dependencies
+    )
+
+
+def _auth_refusal(request: Request) -> JSONResponse | None:
+    """The 401 / 403 the auth dependencies of the matched route would give, or None."""
+    rt: Runtime | None = getattr(request.app.state, "runtime", None)
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if rt is None or dependant is None or not dependant.dependencies:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    creds = (
+        HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
+        if scheme and token.strip()
+        else None
+    )
+    try:
+        if _role(rt, creds) != "admin" and _needs_admin(route):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this endpoint needs the admin key")
+    except HTTPException as exc:
+        return ErrorResponse(
+            status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers
+        )
+    return None
+
+
+# --- the OpenAPI document ------------------------------------------------------------
+
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+_MEANING = {
+    400: "malformed JSON",
+    401: "no API key, or a wrong one",
+    403: "a client key on an admin endpoint",
+    404: "no such resource",
+    409: "a conflict with the current state",
+    413: "the body or the query exceeds its limit",
+    503: "the store is unreachable or the service is overloaded; see Retry-After",
+}
+_ROLES = {"require_client", "require_admin", "require_metrics", "require_docs"}
+# answers of other modules' routes that no rule below finds
+_ALSO = {("/v1/experiments/{name}", "delete"): {409}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, corrected to what the server sends: our 422 body, and the
+    400/401/403/404/413/503 answers each operation can give."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    routes = {
+        (r.path, m.lower()): r
+        for router in _ROUTERS
+        for r in router.routes
+        if isinstance(r, APIRoute)
+        for m in r.methods or ()
+    }
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
+            route = routes.get((path, method))
+            calls = {
+                getattr(d.call, "__name__", "")
+                for d in getattr(getattr(route, "dependant", None), "dependencies", ())
+            }
+            responses: dict[str, Any] = op.setdefault("responses", {})
+            has_body = "requestBody" in op
+            codes = {400, 413} if has_body else set()
+            if any(p.get("in") == "path" for p in op.get("parameters", ())):
+                codes.add(404)
+            if calls & _ROLES:
+                codes.add(401)
+            if "require_admin" in calls:
+                codes.add(403)
+            if path != "/healthz":
+                codes.add(503)
+            codes |= _ALSO.get((path, method), set())
+            for c in codes:
+                responses.setdefault(str(c), {"description": _MEANING[c]})
+            if has_body or op.get("parameters"):
+                responses["422"] = {
+                    "description": "a field failed validation (`detail` names it)",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ValidationErrorOut"}
+                        }
+                    },
+                }
+            else:
+                responses.pop("422", None)
+            for code, resp in responses.items():
+                if code[0] in "45" and not resp.get("content"):
+                    resp.update(_ERROR)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for model in (ErrorOut, ValidationErrorOut):
+        doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(doc.pop("$defs", {}))
+        schemas[model.__name__] = doc
+    app.openapi_schema = spec
+    return spec
+
+
+def _install_docs(app: FastAPI) -> None:
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(_auth: DocsAuth) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(_auth: DocsAuth) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API")

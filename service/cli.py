@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -48,9 +48,77 @@ def _settings(config: Path | None) -> Any:
         raise typer.BadParameter(f"{config}: {exc}", param_hint="--config") from None
 
 
+def _fail(command: str, message: str, code: int = 2) -> NoReturn:
+    """One line on stderr naming what to fix, and a non-zero exit; no traceback."""
+    typer.echo(f"banditroute {command}: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
+
+
+def _port_free(host: str, port: int) -> str | None:
+    """None if (host, port) can be bound now, else why not (as uvicorn would bind)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve {host!r}: {exc}"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+async def _check_store(settings: Any) -> str | None:
+    """Why the service could not start on this store and catalogue, or None."""
+    from service.store import open_store
+    from service.store.base import StoreUnavailable
+
+    try:
+        store = await open_store(settings.redis_url, settings.state_dir, prefix=settings.key_prefix)
+    except (OSError, ValueError) as exc:
+        where = "redis_url" if settings.redis_url else f"state_dir {settings.state_dir}"
+        return f"{where}: {exc}"
+    try:
+        if settings.redis_url and not await store.ping():
+            return (
+                f"redis_url: no Redis answers at {settings.redis_url}; start it, or fix "
+                "redis_url (BANDITROUTE_REDIS_URL), or unset it for the in-process store"
+            )
+        if not settings.models:
+            try:
+                stored = await store.get_models()
+            except StoreUnavailable:
+                stored = {}
+            if not stored:
+                return (
+                    "models: the catalogue is empty; configure at least one model, "
+                    "e.g. --config deploy/banditroute.toml"
+                )
+    finally:
+        await store.close()
+    return None
+
+
 @app.command()
 def serve(
-    config: ConfigOpt = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", dir_okay=False, help="TOML config file")
+    ] = None,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
@@ -63,19 +131,55 @@ def serve(
             "of clients and load balancers, or a request may race the server's close",
         ),
     ] = 75,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="serve a non-loopback --host without API keys (every caller is admin)",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP service (uvicorn). Without a Redis URL it runs on the in-process
-    store, with its learner in the same process (one worker only)."""
+    store, with its learner in the same process (one worker only). A start-up problem
+    is one line on stderr naming what to fix, and exit status 2 (1: Redis down)."""
+    import asyncio
+
     import uvicorn
 
     from service.asgi import CONFIG_ENV
 
-    settings = _settings(config)
+    try:
+        settings = _settings(config)
+    except typer.BadParameter as exc:
+        _fail("serve", f"--config: {exc.message}")
     if workers > 1 and not settings.redis_url:
-        raise typer.BadParameter(
-            "several workers need a shared store: set redis_url (or BANDITROUTE_REDIS_URL)",
-            param_hint="--workers",
+        _fail(
+            "serve",
+            "--workers: several workers need a shared store: set redis_url "
+            "(or BANDITROUTE_REDIS_URL)",
         )
+    if not settings.auth_enabled and not _loopback(host):
+        if not insecure:
+            _fail(
+                "serve",
+                f"--host {host}: no API keys are configured (client_keys, admin_key), so "
+                "every caller would be admin; set keys, bind 127.0.0.1, or pass --insecure",
+            )
+        typer.echo(
+            f"banditroute serve: warning: serving {host} without API keys (--insecure): "
+            "every caller is admin",
+            err=True,
+        )
+    busy = _port_free(host, port)
+    if busy is not None:
+        _fail("serve", f"--port {port}: cannot bind {host}:{port} ({busy}); choose another port")
+    logging.disable(logging.WARNING)  # the store's own retry lines: the one line is ours
+    try:
+        problem = asyncio.run(_check_store(settings))
+    finally:
+        logging.disable(logging.NOTSET)
+    if problem is not None:
+        _fail("serve", problem, code=1 if problem.startswith("redis_url") else 2)
     if config is not None:
         os.environ[CONFIG_ENV] = str(config.resolve())
     uvicorn.run(

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     embed_batch_max: int = Field(default=32, ge=1)
     embed_batch_wait_ms: float = Field(default=2.0, ge=0)
     embed_cache_size: int = Field(default=50_000, ge=0)
+    # the embedding cache's memory bound (vectors and keys; texts are never kept)
+    embed_cache_max_bytes: int = Field(default=128 * 2**20, ge=0)
+    # new queries waiting for the model; beyond it a route answers 503 + Retry-After
+    embed_queue_max: int = Field(default=1024, ge=1)
 
     decision_ttl_s: float = Field(default=24 * 3600, gt=0)
     # how long past its deadline an answered or closed decision's tombstone is kept,
@@ -97,6 +101,11 @@ class Settings(BaseSettings):
 
     client_keys: list[SecretStr] = Field(default_factory=list)
     admin_key: SecretStr | None = None
+    # with keys set, /metrics and the API docs (/openapi.json, /docs) need a key too
+    # unless opened here (e.g. for a Prometheus that scrapes without one);
+    # /healthz and /readyz are always open
+    public_metrics: bool = False
+    public_docs: bool = False
 
     max_query_chars: int = Field(default=100_000, ge=1)
     max_candidates: int = Field(default=64, ge=1)

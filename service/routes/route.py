@@ -13,7 +13,7 @@ from policies import PolicyError
 from service.deps import ClientAuth, RuntimeDep
 from service.embedder import text_from_messages
 from service.experiments import VariantConfig, assign
-from service.schemas import CandidateExplanation, RouteRequest, RouteResponse
+from service.schemas import CandidateExplanation, ErrorOut, RouteRequest, RouteResponse
 from service.store.base import DecisionRecord, StoreUnavailable
 
 router = APIRouter(prefix="/v1", tags=["routing"])
@@ -30,8 +30,20 @@ def _query_text(req: RouteRequest) -> str:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
-@router.post("/route", response_model=RouteResponse, response_model_exclude_none=True)
+@router.post(
+    "/route",
+    response_model=RouteResponse,
+    response_model_exclude_none=True,
+    responses={
+        404: {"model": ErrorOut, "description": "an unknown policy or experiment"},
+        413: {"model": ErrorOut, "description": "the query exceeds max_query_chars"},
+        503: {"model": ErrorOut, "description": "the embedding queue is full; see Retry-After"},
+    },
+)
 async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteResponse:
+    """Choose a model. A request names exactly one of `query` and `messages` (routed
+    on the last user message, which needs text that is not only whitespace), and at
+    most one of `policy` and `experiment`; `candidates` must be registered models."""
     s = rt.settings
     text = _query_text(req)
     if len(text) > s.max_query_chars:

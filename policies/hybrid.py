@@ -101,7 +101,7 @@ class HybridLinear(Policy):
         dim: int,
         *,
         exploration: str = "thompson",
-        alpha: float = 0.1,
+        alpha: float = 0.15,
         reg: float = 1.0,
         dev_reg: float = 10.0,
         intercept_reg: float = 1.0,

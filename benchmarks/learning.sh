@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out}
-D=../shared/data
+S=../shared/data  # mmlu_pro is not shipped in data/
+D=data
 BR=.venv/bin/banditroute
 L=0,0.05,0.1,0.2,0.5,1,2,5
 $BR simulate --data $D/llmrouter_14tasks.parquet --out $OUT/sim-llmrouter --seeds 3 --lams $L --policies hybrid,linucb,vw

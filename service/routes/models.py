@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 
 from service.deps import AdminAuth, ClientAuth, RuntimeDep
 from service.schemas import ErrorOut, ModelIn, ModelOut
-from service.store.base import ModelPrice, StoreUnavailable
+from service.store.base import LastModel, ModelPrice, StoreUnavailable
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -79,6 +79,11 @@ async def delete_model(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Response:
             await rt.store.delete_model(name)
         except StoreUnavailable as exc:
             raise _unavailable() from exc
+        except LastModel:  # another worker deleted the others meanwhile
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"name: {name!r} is the last model; register another before deleting it",
+            ) from None
         rt.catalogue.pop(name, None)  # the refresher may have dropped it meanwhile
         for serving in rt.policies.values():
             serving.sync_models(rt.catalogue)

@@ -23,6 +23,10 @@ class StoreUnavailable(RuntimeError):
     """The backend (Redis) cannot be reached; the caller degrades, it does not crash."""
 
 
+class LastModel(ValueError):
+    """Deleting this model would leave the catalogue empty (every route would fail)."""
+
+
 def check_policy_name(policy: str) -> str:
     """Return `policy` if it can name keys and files: non-empty, at most 128 characters,
     no braces (they would break the `{policy}` hash tag), no path separators, no NUL,
@@ -434,7 +438,9 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_model(self, name: str) -> bool:
-        """True if it existed."""
+        """True if it existed. Raises LastModel, deleting nothing, if it is the only
+        model: the check and the delete are one atomic step in the store, so workers
+        deleting the last two models at once cannot empty the catalogue."""
 
     # ---- housekeeping -------------------------------------------------------
     @abstractmethod

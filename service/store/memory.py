@@ -38,6 +38,7 @@ from service.store.base import (
     DecisionRecord,
     FeedbackEvent,
     FeedbackOutcome,
+    LastModel,
     ModelPrice,
     Snapshot,
     Store,
@@ -417,6 +418,8 @@ class MemoryStore(Store):
         await self._persist_models()
 
     async def delete_model(self, name: str) -> bool:
+        if name in self._models and len(self._models) <= 1:
+            raise LastModel(name)
         found = self._models.pop(name, None) is not None
         if found:
             await self._persist_models()

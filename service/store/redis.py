@@ -60,6 +60,7 @@ from service.store.base import (
     DecisionRecord,
     FeedbackEvent,
     FeedbackOutcome,
+    LastModel,
     ModelPrice,
     Snapshot,
     Store,
@@ -231,6 +232,14 @@ return 0
 """
 
 # KEYS: lease. ARGV: owner.
+# KEYS: the catalogue hash. ARGV: the model. 1 deleted, 0 unknown, -1 the last model.
+_DELETE_MODEL = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HLEN', KEYS[1]) <= 1 then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -308,6 +317,7 @@ class _Scripts:
         self.acquire = client.register_script(_ACQUIRE)
         self.release = client.register_script(_RELEASE)
         self.forward = client.register_script(_FORWARD)
+        self.delete_model = client.register_script(_DELETE_MODEL)
 
 
 class _Keys:
@@ -815,7 +825,10 @@ class RedisStore(Store):
 
     @_reachable
     async def delete_model(self, name: str) -> bool:
-        return bool(await self._redis().hdel(self.models_key, name))
+        done = int(await self._lua().delete_model(keys=[self.models_key], args=[name]))
+        if done < 0:
+            raise LastModel(name)
+        return done == 1
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:

@@ -317,13 +317,8 @@ class HybridLinear(Policy):
         mean_q, sd, cost = self.estimates(z, idx)
         scale = self._normalised_cost_scale()
         scores = mean_q - lam * (cost / scale if scale else np.zeros_like(cost))
-        if self.exploration == "ucb":
-            probs = argmax_distribution(scores + self.alpha * sd)
-        else:
-            probs = win_probabilities(scores, np.maximum(self.alpha * sd, 1e-12))
-        k = len(candidates)
-        probs = (1.0 - self.epsilon) * probs + self.epsilon / k
-        probs = self._cap_cold(probs, idx, scores)
+        probs = self._distribution(scores, sd)
+        probs = self._cap_cold(probs, idx, scores, sd)
         chosen = self._sample(probs)
         return Decision(
             model=candidates[chosen],
@@ -336,27 +331,32 @@ class HybridLinear(Policy):
             scores={c: float(s) for c, s in zip(candidates, scores, strict=True)},
         )
 
-    def _cap_cold(self, probs: np.ndarray, idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """At most cold_cap for each model with fewer than cold_pulls feedbacks; the
-        excess goes to the warm candidates in proportion (to the best one if none has
-        any). With no warm candidate there is nothing to protect, so no cap."""
+    def _distribution(self, scores: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        """Each candidate's probability under the exploration rule, with the ε floor."""
+        if self.exploration == "ucb":
+            probs = argmax_distribution(scores + self.alpha * sd)
+        else:
+            probs = win_probabilities(scores, np.maximum(self.alpha * sd, 1e-12))
+        return (1.0 - self.epsilon) * probs + self.epsilon / len(scores)
+
+    def _cap_cold(
+        self, probs: np.ndarray, idx: np.ndarray, scores: np.ndarray, sd: np.ndarray
+    ) -> np.ndarray:
+        """At most cold_cap for each model with fewer than cold_pulls feedbacks. The rest
+        of the mass goes to the warm candidates as the policy would split it among them
+        alone (not in proportion to their share of the full draw, which under UCB is the
+        ε floor: a cold favourite would hand its excess to the worst models). With no
+        warm candidate there is nothing to protect, so no cap."""
         if self.cold_pulls == 0:
             return probs
         pulls = np.array([self._stats[self._models[i]].pulls for i in idx])
         cold = pulls < self.cold_pulls
-        if not cold.any() or cold.all():
+        if not cold.any() or cold.all() or np.all(probs[cold] <= self.cold_cap):
             return probs
-        capped = np.where(cold, np.minimum(probs, self.cold_cap), probs)
-        excess = 1.0 - capped.sum()
-        if excess <= 0:
-            return probs
-        warm = capped * ~cold
-        if warm.sum() > 0:
-            capped = capped + excess * warm / warm.sum()
-        else:
-            best = int(np.argmax(np.where(cold, -np.inf, scores)))
-            capped[best] += excess
-        return capped / capped.sum()
+        out = np.zeros_like(probs)
+        out[cold] = np.minimum(probs[cold], self.cold_cap)
+        out[~cold] = (1.0 - out[cold].sum()) * self._distribution(scores[~cold], sd[~cold])
+        return out
 
     # ---- learning ----------------------------------------------------------
     def _learn(

@@ -250,3 +250,35 @@ def test_workers_on_one_version_project_identically_before_and_after_a_refit() -
     for x, j, qi, ci in zip(X, m, q, c, strict=True):
         twin.learn(x, MODELS[j], float(qi), float(ci))
     assert twin.to_bytes() == learner.to_bytes()
+
+
+@pytest.mark.parametrize("exploration", ["ucb", "thompson"])
+def test_a_capped_cold_model_hands_its_share_to_the_best_warm_model(exploration: str) -> None:
+    """The excess of a capped newcomer goes where the policy would route without it,
+    not to the warm models in proportion to their exploration floor."""
+    dim = 2
+    p = HybridLinear(
+        ["good", "bad1", "bad2"],
+        dim,
+        exploration=exploration,
+        epsilon=0.03,
+        cold_cap=0.2,
+        cold_pulls=20,
+        seed=2,
+    )
+    x = np.array([0.2, 0.1])
+    for _ in range(60):
+        p.learn(x, "good", 0.9, 0.0)
+        p.learn(x, "bad1", 0.1, 0.0)
+        p.learn(x, "bad2", 0.1, 0.0)
+    p.add_model("new")
+    p.set_prior("new", quality=1.0, strength=50.0)
+    probs = p.choose(x).probabilities
+    assert probs["new"] == pytest.approx(0.2)
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert probs["good"] > 0.75
+    assert probs["bad1"] < 0.02 and probs["bad2"] < 0.02
+    # and the draw follows the logged probabilities
+    n = 4000
+    hits = sum(p.choose(x).model == "new" for _ in range(n))
+    assert abs(hits / n - 0.2) < 4 * (0.2 * 0.8 / n) ** 0.5

@@ -273,6 +273,8 @@ return 1
 # how long the store, once it found Redis unreachable, fails every call at once
 # before it lets one call through to probe (a call that succeeds ends the outage)
 PROBE_EVERY_S = 0.5
+# how long a ping may take to show that a timed-out command was not an outage
+CONFIRM_PING_S = 0.25
 
 
 def _reachable(
@@ -295,7 +297,8 @@ def _reachable(
         try:
             result = await fn(self, *args, **kwargs)
         except _UNREACHABLE as exc:
-            self._mark_down()
+            if await self._outage(exc):
+                self._mark_down()
             raise StoreUnavailable(
                 f"redis at {self.where} unavailable during {fn.__name__}: "
                 f"{type(exc).__name__}: {exc}"
@@ -846,6 +849,20 @@ class RedisStore(Store):
     def known_down(self) -> bool:
         """True from a call that could not reach Redis until one that did."""
         return self._down_since is not None
+
+    async def _outage(self, exc: BaseException) -> bool:
+        """Whether a failed call means Redis is down for everyone (fail fast from now on)
+        or only that this call was unlucky. Waiting for a free pooled connection under a
+        burst is load, not an outage; a timed-out command may be one slow command, so a
+        short ping decides. A refused or reset connection is an outage."""
+        if isinstance(exc, rex.MaxConnectionsError) or "No connection available" in str(exc):
+            return False
+        if not isinstance(exc, rex.TimeoutError):
+            return True
+        try:
+            return not await asyncio.wait_for(self._redis().ping(), CONFIRM_PING_S)
+        except Exception:  # the confirming ping failed too: down
+            return True
 
     def _mark_down(self) -> None:
         if self._down_since is None:

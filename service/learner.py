@@ -165,15 +165,20 @@ class Learner:
         SWEEP_BUDGET_S), so it cannot grow above the sweep's batch size per round."""
         start, closed = time.monotonic(), 0
         budget = min(SWEEP_BUDGET_S, self.lease_ttl_ms / 3000)
-        while True:
+        backlog = -1
+        while time.monotonic() - start < budget:
             n = await self.store.expire_due(self.name, now, self.default_reward, SWEEP_BATCH)
             closed += n
-            if n < SWEEP_BATCH or time.monotonic() - start >= budget:
-                break
+            if n < SWEEP_BATCH:
+                # a short batch need not mean the end: records whose key vanished are
+                # dropped from the due set without counting as closed. Go on while the
+                # backlog still shrinks.
+                left = await self.store.due_backlog(self.name, now)
+                if left == 0 or left == backlog:
+                    break
+                backlog = left
         self.stats.closed += closed
-        self.stats.backlog = (
-            await self.store.due_backlog(self.name, now) if n >= SWEEP_BATCH else 0
-        )
+        self.stats.backlog = await self.store.due_backlog(self.name, now)
         if self.stats.backlog:
             log.warning(
                 "learner %s: %d expired decisions still open after the sweep",

@@ -253,6 +253,51 @@ def test_the_sweep_drains_its_whole_backlog_each_round(store_factory: type) -> N
     asyncio.run(asyncio.wait_for(main(), timeout=60))
 
 
+async def _vanish(store: Store, event_id: str) -> None:
+    """The decision's record is gone (its key expired) while it is still due."""
+    if isinstance(store, RedisStore):
+        await store._redis().delete(store._k(POLICY).decision(event_id))
+    else:
+        assert isinstance(store, MemoryStore)
+        del store._policy(POLICY).decisions[event_id]
+
+
+def test_the_sweep_goes_on_past_records_that_vanished(store_factory: type) -> None:
+    """A learner away for long finds due decisions whose records already expired: they
+    are dropped without counting as closed, and must not end the round early."""
+
+    async def main() -> None:
+        store = store_factory()
+        now = time.time()
+        n, gone = 2500, 1500
+        for i in range(n):
+            rec = DecisionRecord(
+                event_id=f"{POLICY}.v{i}",
+                policy=POLICY,
+                model=MODELS[i % 2],
+                propensity=0.5,
+                policy_version=0,
+                context=np.ones(DIM),
+                candidates=MODELS,
+                cost_weight=0.0,
+                created_at=now,
+                # the vanished ones come first in the due order
+                deadline=now + 0.05 + (0.0 if i < gone else 0.01),
+            )
+            await store.put_decision(rec)
+        for i in range(gone):
+            await _vanish(store, f"{POLICY}.v{i}")
+        await asyncio.sleep(0.15)
+        lr = Learner(store, POLICY, fresh, every_n=10_000, default_reward=0.5, owner="a")
+        await lr.step()
+        assert lr.stats.closed == n - gone
+        assert lr.stats.backlog == 0
+        assert await store.due_backlog(POLICY, time.time()) == 0
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
 def test_copies_survive_a_learner_killed_before_it_forwarded_them(store_factory: type) -> None:
     """The served policy's feedback names its shadow; the learner dies after reading
     it but before forwarding: its successor forwards every copy, once."""

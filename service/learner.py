@@ -96,6 +96,9 @@ class Learner:
         self._policy: Policy | None = None
         self._dirty = 0
         self._last_sweep = 0.0
+        # models admitted from the store ahead of our catalogue read: not to be dropped
+        # as "deleted" until the catalogue we are given has caught up with them
+        self._admitted: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Learn until `stop` is set; survives store outages by waiting them out."""
@@ -129,6 +132,7 @@ class Learner:
             if not batch:
                 break
             self.stats.copies += await self.store.forward_copies(self.name, batch)
+            await self._admit_new_models(batch)
             await asyncio.to_thread(self._apply, batch)
         await self._publish()
 
@@ -151,6 +155,7 @@ class Learner:
         if batch:
             # copies first: a snapshot never contains an event whose copies are not out
             self.stats.copies += await self.store.forward_copies(self.name, batch)
+            await self._admit_new_models(batch)
             await asyncio.to_thread(self._apply, batch)
         now = time.time()
         if now - self._last_sweep >= 1.0:
@@ -186,6 +191,22 @@ class Learner:
                 self.stats.backlog,
             )
         return closed
+
+    async def _admit_new_models(self, batch: list[tuple[str, FeedbackEvent]]) -> None:
+        """A worker serves a model the moment it is registered, while this learner reads
+        the catalogue about once a second: feedback for a model it does not know yet is
+        checked against the store's catalogue, and the model joins (with its prior)
+        rather than the event being skipped. Only deleted models' events are skipped."""
+        policy = self._policy
+        assert policy is not None
+        unknown = {ev.model for _, ev in batch} - set(policy.models)
+        if not unknown:
+            return
+        catalogue = await self.store.get_models()
+        for m in sorted(unknown & set(catalogue)):
+            add_model(policy, m, catalogue)
+            self._admitted.add(m)
+            self._dirty += 1
 
     def _apply(self, batch: list[tuple[str, FeedbackEvent]]) -> None:
         policy = self._policy
@@ -243,11 +264,12 @@ class Learner:
         if catalogue is None:  # not known for sure yet (store unread): change nothing
             return
         known = set(self._policy.models)
+        self._admitted -= set(catalogue)
         for m in catalogue:
             if m not in known:
                 add_model(self._policy, m, catalogue)
                 self._dirty += 1
-        for m in known - set(catalogue):
+        for m in known - set(catalogue) - self._admitted:
             self._policy.remove_model(m)
             self._dirty += 1
 

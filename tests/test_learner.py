@@ -368,3 +368,48 @@ def test_the_standalone_learner_opens_the_store_as_the_service_does(
     with pytest.raises(RuntimeError, match="stop here"):
         asyncio.run(_run_learners(settings, signal))
     assert seen["log_max"] == 250_000 and seen["grace_s"] == 60
+
+
+def test_feedback_for_a_model_registered_since_the_last_catalogue_read_is_learned(
+    store_factory: type,
+) -> None:
+    """A worker serves a newly registered model at once; the learner, whose catalogue
+    is a second old, learns its feedback instead of skipping it. An event for a model
+    the catalogue does not hold is still skipped."""
+    from service.store.base import ModelPrice
+
+    async def main() -> None:
+        store = store_factory()
+        for m in (*MODELS, "newcomer"):
+            await store.put_model(ModelPrice(m, 1.0, 1.0))
+        stale = {m: ModelPrice(m, 1.0, 1.0) for m in MODELS}  # the learner's last read
+        now = time.time()
+        for i, model in enumerate(("newcomer", "ghost")):
+            rec = DecisionRecord(
+                event_id=f"{POLICY}.n{i}",
+                policy=POLICY,
+                model=model,
+                propensity=0.5,
+                policy_version=0,
+                context=np.ones(DIM),
+                candidates=[*MODELS, model],
+                cost_weight=0.0,
+                created_at=now,
+                deadline=now + 600,
+            )
+            await store.put_decision(rec)
+            ev = FeedbackEvent.join(rec, quality=1.0, cost_usd=0.0, source="user", now=now)
+            await store.submit_feedback(POLICY, rec.event_id, ev, now)
+        lr = Learner(store, POLICY, fresh, every_n=1, owner="a", models=lambda: stale)
+        await lr.step()
+        assert lr.stats.applied == 1 and lr.stats.rejected == 1
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None
+        learned = load_policy(snap.state)
+        assert learned.stats()["newcomer"].pulls == 1
+        # the next rounds, still on the stale catalogue, do not drop what it learned
+        await lr.step()
+        assert lr._policy is not None and "newcomer" in lr._policy.models
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))

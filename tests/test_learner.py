@@ -67,6 +67,22 @@ async def feed(store: Store, n: int, start: int = 0) -> None:
         assert (await store.submit_feedback(POLICY, rec.event_id, ev, now)).value == "accepted"
 
 
+def record(event_id: str, model: str, now: float, deadline: float) -> DecisionRecord:
+    """A decision of POLICY with a constant context, as the sweep and copy tests need."""
+    return DecisionRecord(
+        event_id=event_id,
+        policy=POLICY,
+        model=model,
+        propensity=0.5,
+        policy_version=0,
+        context=np.ones(DIM),
+        candidates=[*dict.fromkeys([*MODELS, model])],
+        cost_weight=0.0,
+        created_at=now,
+        deadline=deadline,
+    )
+
+
 async def wait_applied(store: Store, n: int, timeout: float = 30.0) -> int:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -228,18 +244,7 @@ def test_the_sweep_drains_its_whole_backlog_each_round(store_factory: type) -> N
         now = time.time()
         n = 2500
         for i in range(n):
-            rec = DecisionRecord(
-                event_id=f"{POLICY}.x{i}",
-                policy=POLICY,
-                model=MODELS[i % 2],
-                propensity=0.5,
-                policy_version=0,
-                context=np.ones(DIM),
-                candidates=MODELS,
-                cost_weight=0.0,
-                created_at=now,
-                deadline=now + 0.05,
-            )
+            rec = record(f"{POLICY}.x{i}", MODELS[i % 2], now, now + 0.05)
             await store.put_decision(rec)
         await asyncio.sleep(0.1)
         assert await store.due_backlog(POLICY, time.time()) == n
@@ -271,18 +276,8 @@ def test_the_sweep_goes_on_past_records_that_vanished(store_factory: type) -> No
         now = time.time()
         n, gone = 2500, 1500
         for i in range(n):
-            rec = DecisionRecord(
-                event_id=f"{POLICY}.v{i}",
-                policy=POLICY,
-                model=MODELS[i % 2],
-                propensity=0.5,
-                policy_version=0,
-                context=np.ones(DIM),
-                candidates=MODELS,
-                cost_weight=0.0,
-                created_at=now,
-                # the vanished ones come first in the due order
-                deadline=now + 0.05 + (0.0 if i < gone else 0.01),
+            rec = record(
+                f"{POLICY}.v{i}", MODELS[i % 2], now, now + 0.05 + (0.0 if i < gone else 0.01)
             )
             await store.put_decision(rec)
         for i in range(gone):
@@ -306,18 +301,7 @@ def test_copies_survive_a_learner_killed_before_it_forwarded_them(store_factory:
         store = store_factory()
         now = time.time()
         for i in range(30):
-            rec = DecisionRecord(
-                event_id=f"{POLICY}.c{i}",
-                policy=POLICY,
-                model=MODELS[i % 2],
-                propensity=0.5,
-                policy_version=0,
-                context=np.ones(DIM),
-                candidates=MODELS,
-                cost_weight=0.0,
-                created_at=now,
-                deadline=now + 600,
-            )
+            rec = record(f"{POLICY}.c{i}", MODELS[i % 2], now, now + 600)
             await store.put_decision(rec)
             ev = FeedbackEvent.join(rec, quality=1.0, cost_usd=0.0, source="user", now=now)
             ev = dataclasses.replace(ev, copies={"shadowpol": {"n": 1.0}})
@@ -385,18 +369,7 @@ def test_feedback_for_a_model_registered_since_the_last_catalogue_read_is_learne
         stale = {m: ModelPrice(m, 1.0, 1.0) for m in MODELS}  # the learner's last read
         now = time.time()
         for i, model in enumerate(("newcomer", "ghost")):
-            rec = DecisionRecord(
-                event_id=f"{POLICY}.n{i}",
-                policy=POLICY,
-                model=model,
-                propensity=0.5,
-                policy_version=0,
-                context=np.ones(DIM),
-                candidates=[*MODELS, model],
-                cost_weight=0.0,
-                created_at=now,
-                deadline=now + 600,
-            )
+            rec = record(f"{POLICY}.n{i}", model, now, now + 600)
             await store.put_decision(rec)
             ev = FeedbackEvent.join(rec, quality=1.0, cost_usd=0.0, source="user", now=now)
             await store.submit_feedback(POLICY, rec.event_id, ev, now)

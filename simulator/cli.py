@@ -463,6 +463,36 @@ def tune(
     )
 
 
+@app.command()
+def upstream(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 9101,
+    model: Annotated[
+        list[str] | None, typer.Option(help="a model for /v1/models (repeatable)")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="require `Authorization: Bearer KEY` on /v1")
+    ] = None,
+    latency_ms: Annotated[float, typer.Option(min=0.0, help="wait before answering")] = 0.0,
+    chunk_ms: Annotated[float, typer.Option(min=0.0, help="wait between streamed chunks")] = 0.0,
+    words: Annotated[int, typer.Option(min=0, help="words of an answer")] = 12,
+) -> None:
+    """A local OpenAI-compatible chat-completions server with deterministic, scriptable
+    answers (errors, hangs, slow streams, exact usage; see simulator/upstream.py): a
+    stand-in upstream for the gateway's tests, benchmarks and examples."""
+    from simulator.upstream import serve
+
+    serve(
+        host,
+        port,
+        models=model or [],
+        api_key=api_key,
+        latency_ms=latency_ms,
+        chunk_ms=chunk_ms,
+        words=words,
+    )
+
+
 def parse_overrides(items: list[str], policies: set[str]) -> dict[str, dict[str, Any]]:
     """["linucb.alpha=0.1", ...] -> {"linucb": {"alpha": 0.1}}; numbers become floats."""
     out: dict[str, dict[str, Any]] = {}

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,10 +30,13 @@ from service.deps import DocsAuth, _role, require_admin
 from service.embedder import Embedder
 from service.experiments import ExperimentConfig
 from service.features import Featurizer
+from service.gateway.config import UpstreamConfig
+from service.gateway.service import Gateway
+from service.gateway.upstreams import MissingKey, check_keys
 from service.learner import Learner
 from service.metrics import Metrics
 from service.middleware import LimitsAndMetrics
-from service.routes import experiments, feedback, health, models, policies, route
+from service.routes import chat, experiments, feedback, health, models, policies, route
 from service.runtime import single_threaded_blas
 from service.runtime_state import Runtime
 from service.schemas import ErrorOut, ValidationErrorOut
@@ -50,6 +54,7 @@ from service.store.base import ModelPrice, Store, StoreUnavailable
 log = logging.getLogger("banditroute.app")
 _ROUTERS = (
     route.router,
+    chat.router,
     feedback.router,
     models.router,
     policies.router,
@@ -96,6 +101,13 @@ def create_app(
 
 
 async def _start(settings: Settings, embedder: Embedder | None, store: Store | None) -> Runtime:
+    upstreams: dict[str, UpstreamConfig] = {
+        m.name: m.upstream for m in settings.models if m.upstream is not None
+    }
+    try:
+        check_keys(upstreams, os.environ)
+    except MissingKey as exc:
+        raise StartupError(str(exc)) from None
     st = store or await open_store(
         settings.redis_url,
         settings.state_dir,
@@ -148,6 +160,9 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         catalogue_confirmed=catalogue_confirmed,
         experiments=await _experiments(settings, st),
     )
+    rt.gateway = Gateway(settings.gateway, upstreams, rt)
+    if rt.gateway.judge is not None:
+        rt.tasks.append(asyncio.create_task(rt.gateway.judge.run(rt.stop), name="judge"))
     batcher.start()
     if settings.run_learner:
         for name, cfg in settings.policies.items():
@@ -312,6 +327,8 @@ async def _shutdown(rt: Runtime, *, close_store: bool) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(t, timeout=10)
     await rt.batcher.stop()
+    if rt.gateway is not None:
+        await rt.gateway.close()
     if close_store:
         await rt.store.close()
 
@@ -339,14 +356,14 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
             refused = _auth_refusal(request)
             if refused is not None:
                 return refused
-            return ErrorResponse(
-                status_code=status.HTTP_400_BAD_REQUEST,
-                content={"detail": "body: malformed JSON"},
+            return _error(
+                request, status.HTTP_400_BAD_REQUEST, {"detail": "body: malformed JSON"}
             )
         messages = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors]
-        return ErrorResponse(
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            content={
+        return _error(
+            request,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            {
                 "detail": "; ".join(messages),
                 "errors": [
                     {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg")}
@@ -361,23 +378,23 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
             # Starlette names the methods of the first route matching the path only
             headers = {**(headers or {}), "Allow": ", ".join(_allowed(request.scope))}
-        return ErrorResponse(
-            status_code=exc.status_code, content={"detail": exc.detail}, headers=headers
-        )
+        return _error(request, exc.status_code, {"detail": exc.detail}, headers=headers)
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        return ErrorResponse(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            content={"detail": "the store is unreachable; retry later"},
+        return _error(
+            request,
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"detail": "the store is unreachable; retry later"},
             headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return ErrorResponse(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            content={"detail": str(exc)},
+        return _error(
+            request,
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"detail": str(exc)},
             headers={"Retry-After": str(exc.retry_after_s)},
         )
 
@@ -396,6 +413,21 @@ class ErrorResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+_OPENAI_PATHS = ("/v1/chat/completions",)
+
+
+def _error(request: Request, status_code: int, content: dict[str, Any], **kw: Any) -> ErrorResponse:
+    """An error answer; on the OpenAI-compatible paths also in OpenAI's shape
+    (`error.message`), which is what OpenAI clients show."""
+    if request.url.path in _OPENAI_PATHS:
+        kind = "invalid_request_error" if status_code < 500 else "server_error"
+        content = {
+            **content,
+            "error": {"message": content.get("detail"), "type": kind, "code": status_code},
+        }
+    return ErrorResponse(status_code=status_code, content=content, **kw)
 
 
 def _allowed(scope: Any) -> list[str]:

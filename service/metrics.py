@@ -63,3 +63,44 @@ class Metrics:
             ["policy"],
             registry=self.registry,
         )
+        # the gateway (service/gateway/)
+        self.upstream_calls = Counter(
+            "banditroute_upstream_calls_total",
+            "Gateway calls to upstream models by outcome (ok, 429, 5xx, timeout, "
+            "connect, 4xx, disconnected)",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "banditroute_upstream_seconds",
+            "Upstream time to first token (ttft: the first chunk of a stream, or the "
+            "whole answer) and total time",
+            ["model", "phase"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.upstream_cost = Counter(
+            "banditroute_upstream_cost_usd_total",
+            "USD spent on served calls, priced from their usage",
+            ["model"],
+            registry=self.registry,
+        )
+        self.judge = Counter(
+            "banditroute_judge_total",
+            "Judge grading by outcome (sampled, skipped_budget, skipped_queue, graded, "
+            "failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.judge_cost = Counter(
+            "banditroute_judge_cost_usd_total",
+            "USD spent on judge calls (metered apart from the served calls)",
+            registry=self.registry,
+        )
+        self.machine_feedback = Counter(
+            "banditroute_machine_feedback_total",
+            "Judge and implicit feedback by source and outcome (applied; superseded: "
+            "the event already had its outcome, e.g. a user's; unknown: expired)",
+            ["source", "outcome"],
+            registry=self.registry,
+        )

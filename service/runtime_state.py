@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service.batcher import FeatureBatcher
 from service.experiments import ExperimentConfig
@@ -13,6 +14,9 @@ from service.metrics import Metrics
 from service.serving import ServingPolicy
 from service.settings import Settings
 from service.store.base import ModelPrice, Store
+
+if TYPE_CHECKING:
+    from service.gateway.service import Gateway
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Runtime:
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
     # held across each check-and-act on the catalogue (routes/models.py)
     catalogue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gateway: Gateway | None = None  # the OpenAI-compatible front door's parts
 
     @functools.cached_property
     def shadows_of(self) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from service.experiments import ExperimentConfig
+from service.gateway.config import GatewayConfig, UpstreamConfig
 from service.store.base import ModelPrice
 
 
@@ -31,6 +32,11 @@ class ModelConfig(BaseModel):
     # (policies that take priors: `hybrid`)
     prior_quality: float | None = Field(default=None, ge=0, le=1)
     prior_strength: float | None = Field(default=None, gt=0)
+    # USD per 1M prompt tokens served from the upstream's prompt cache (default: the
+    # input price); the gateway prices usage's cached_tokens with it
+    cached_input_per_m: float | None = Field(default=None, ge=0)
+    # where the gateway calls it (POST /v1/chat/completions); None: route only
+    upstream: UpstreamConfig | None = None
 
     def price(self) -> ModelPrice:
         """The catalogue entry, with the prior the policies start this model from."""
@@ -39,6 +45,7 @@ class ModelConfig(BaseModel):
             "expected_output_tokens": self.expected_output_tokens,
             "prior_quality": self.prior_quality,
             "prior_strength": self.prior_strength,
+            "cached_input_per_m": self.cached_input_per_m,
         }
         return ModelPrice(self.name, self.input_per_m, self.output_per_m, meta)
 
@@ -107,6 +114,9 @@ class Settings(BaseSettings):
     public_metrics: bool = False
     public_docs: bool = False
 
+    # the OpenAI-compatible gateway (service/gateway/)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+
     max_query_chars: int = Field(default=100_000, ge=1)
     max_candidates: int = Field(default=64, ge=1)
 
@@ -146,6 +156,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_experiment: {self.default_experiment!r} is not among experiments {exps}"
             )
+        judge = self.gateway.judge
+        if judge is not None and self.models:
+            upstreams = {m.name for m in self.models if m.upstream is not None}
+            if judge.model not in upstreams:
+                raise ValueError(
+                    f"gateway.judge.model: {judge.model!r} is not a configured model with "
+                    f"an upstream (those with one: {sorted(upstreams)})"
+                )
         if self.fallback_model is not None and self.models and self.fallback_model not in names:
             raise ValueError(f"fallback_model: {self.fallback_model!r} is not a configured model")
         return self

@@ -171,11 +171,11 @@ def test_candidates_restrict_the_choice(client: TestClient) -> None:
 def test_models_register_and_delete(client: TestClient) -> None:
     r = client.post("/v1/models", json={"name": "xl", "input_per_m": 5, "output_per_m": 15})
     assert r.status_code == 201, r.text
-    assert "xl" in {m["name"] for m in client.get("/v1/models").json()}
+    assert "xl" in {m["id"] for m in client.get("/v1/models").json()["data"]}
     # the new model joins the served policy at once, with its optimistic prior
     assert _route(client, "hello", candidates=["xl"])["model"] == "xl"
     assert client.delete("/v1/models/xl").status_code == 204
-    assert "xl" not in {m["name"] for m in client.get("/v1/models").json()}
+    assert "xl" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
     r = client.post("/v1/route", json={"query": "hello", "candidates": ["xl"]})
     assert r.status_code == 422 and "candidates" in _detail(r)
     r = client.delete("/v1/models/xl")
@@ -540,7 +540,7 @@ def test_concurrent_deletes_keep_the_catalogue_usable(
 
         assert c.portal.call(both, "small", "small") == [204, 404]  # type: ignore[union-attr]
         assert c.portal.call(both, "medium", "large") == [204, 409]  # type: ignore[union-attr]
-        assert len(c.get("/v1/models").json()) == 1
+        assert len([m for m in c.get("/v1/models").json()["data"] if m["kind"] == "model"]) == 1
         assert c.get("/readyz").status_code == 200
         assert _route(c, "still routable")["model"] in {"medium", "large"}
         r = c.delete(f"/v1/models/{next(iter(rt.catalogue))}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response, status
 
 from service.deps import AdminAuth, ClientAuth, RuntimeDep
-from service.schemas import ErrorOut, ModelIn, ModelOut
+from service.gateway.request import router_names
+from service.schemas import ErrorOut, ModelIn, ModelList, ModelListEntry, ModelOut
 from service.store.base import LastModel, ModelPrice, StoreUnavailable
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -36,9 +37,22 @@ def _unavailable() -> HTTPException:
     )
 
 
-@router.get("", response_model=list[ModelOut])
-async def list_models(rt: RuntimeDep, _auth: ClientAuth) -> list[ModelOut]:
-    return [_out(m) for m in rt.catalogue.values()]
+@router.get("", response_model=ModelList, response_model_exclude_none=True)
+async def list_models(rt: RuntimeDep, _auth: ClientAuth) -> ModelList:
+    """OpenAI's model list (so an OpenAI client can list them): the routers first
+    (`auto`, `banditroute/<policy or experiment>`, `kind` "router"), then the
+    catalogue's models with their prices (`kind` "model"; `upstream` says whether the
+    gateway can call it)."""
+    callable_ = set() if rt.gateway is None else set(rt.gateway.pool.models)
+    data = [ModelListEntry(id=name, kind="router") for name in router_names(rt)]
+    for m in rt.catalogue.values():
+        out = _out(m)
+        data.append(
+            ModelListEntry(
+                id=m.name, kind="model", upstream=m.name in callable_, **out.model_dump()
+            )
+        )
+    return ModelList(data=data)
 
 
 @router.post("", response_model=ModelOut, status_code=status.HTTP_201_CREATED)

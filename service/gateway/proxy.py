@@ -1,0 +1,500 @@
+"""The gateway's request path: route, call the chosen model's upstream (falling back
+to another candidate on 429, 5xx, timeouts and refused connections, before any byte
+reached the client), relay the answer, price it from its usage, attach the cost to
+the decision, and hand the answer to the judge and the implicit signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import HTTPException, Request, status
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from service.embedder import text_from_messages
+from service.gateway.pricing import Usage, call_cost
+from service.gateway.request import ChatCompletionRequest, Extensions, extensions, resolve
+from service.gateway.service import Gateway
+from service.gateway.upstreams import Upstream
+from service.outcomes import apply_cost, apply_quality
+from service.routing import Routed, decide, resolve_policy
+from service.runtime_state import Runtime
+from service.store.base import StoreUnavailable
+
+log = logging.getLogger("banditroute.gateway")
+HEADER = "x-banditroute-"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An upstream call that failed in a way another model may not: rate-limited, a
+    server error, a timeout or no connection."""
+
+    kind: str  # "429", "5xx", "timeout", "connect"
+    status: int  # what the client gets if no fallback succeeds
+    detail: str
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An upstream answer whose status is read (a stream: nothing relayed yet)."""
+
+    resp: httpx.Response
+    started: float  # perf_counter() when the request was sent
+
+
+@dataclass
+class Serving:
+    """The model a request is being served by, and what the client is told."""
+
+    model: str
+    upstream: Upstream
+    event_id: str | None = None
+    created_at: float = 0.0
+    policy: str | None = None
+    propensity: float | None = None
+    turn: int | None = None  # the session turn, for a pinned session's later turns
+    prompt_tokens: int = 1  # the route-time estimate, for a stream cut before its usage
+    degraded: bool = False
+    fallbacks: int = 0
+
+    def headers(self, cost: float | None = None) -> dict[str, str]:
+        h = {HEADER + "model": self.model}
+        if self.event_id is not None:
+            h[HEADER + "event-id"] = self.event_id
+        if self.policy is not None:
+            h[HEADER + "policy"] = self.policy
+        if self.propensity is not None:
+            h[HEADER + "propensity"] = repr(self.propensity)
+        if self.turn is not None:
+            h[HEADER + "session-turn"] = str(self.turn)
+        if self.degraded:
+            h[HEADER + "degraded"] = "true"
+        if self.fallbacks:
+            h[HEADER + "fallbacks"] = str(self.fallbacks)
+        if cost is not None:
+            h[HEADER + "cost-usd"] = repr(cost)
+        return h
+
+    def meta(self, cost: float | None) -> dict[str, Any]:
+        """The same, for a stream's final chunk (its headers left before the cost was
+        known)."""
+        out: dict[str, Any] = {"model": self.model, "cost_usd": cost}
+        for k in ("event_id", "policy", "propensity", "turn", "fallbacks"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        if self.degraded:
+            out["degraded"] = True
+        return out
+
+
+def _prompt_tokens(req: ChatCompletionRequest) -> int:
+    """A route-time estimate of the prompt's tokens (about 4 characters a token)."""
+    chars = 0
+    for m in req.messages:
+        c = m.get("content")
+        if isinstance(c, str):
+            chars += len(c)
+        elif isinstance(c, list):
+            chars += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
+    return max(1, chars // 4)
+
+
+async def chat(rt: Runtime, gw: Gateway, req: ChatCompletionRequest, request: Request) -> Response:
+    target = resolve(rt, req.model, gw.pool.models)
+    ext = extensions(request, req, gw.cfg.session_from_user)
+    try:
+        text = text_from_messages(req.messages)
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"messages: {exc}") from exc
+    if not text.strip():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "messages: the last user message has no text"
+        )
+    if len(text) > rt.settings.max_query_chars:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"messages: {len(text)} characters exceeds the limit of {rt.settings.max_query_chars}",
+        )
+    if target.model is not None:  # a named model: no routing, nothing learned
+        up = gw.pool.get(target.model)
+        assert up is not None
+        direct = Serving(target.model, up, prompt_tokens=_prompt_tokens(req))
+        opened = await _open(rt, up, req)
+        if isinstance(opened, Failure):
+            return _failure_response(opened, direct)
+        return await _answer(rt, gw, req, opened, direct, text, ext)
+    return await _routed(rt, gw, req, text, ext, target.policy, target.experiment)
+
+
+async def _routed(
+    rt: Runtime,
+    gw: Gateway,
+    req: ChatCompletionRequest,
+    text: str,
+    ext: Extensions,
+    policy: str | None,
+    experiment: str | None,
+) -> Response:
+    name, serving, exp, variant, unit = resolve_policy(rt, policy, experiment, ext.unit)
+    candidates = [m for m in gw.pool.models if m in rt.catalogue and m in serving.policy.models]
+    if not candidates:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"model: no model of router {name!r} has an upstream configured",
+        )
+    if ext.session is not None and gw.implicit.enabled:
+        signal = gw.implicit.on_request(ext.session, text)
+        if signal is not None:
+            prev, source, quality = signal
+            gw.deferred.schedule(prev.event_id, prev.created_at, quality, source)
+    last: Failure | None = None
+    failed: list[str] = []
+    prompt_tokens = _prompt_tokens(req)
+    pinned = await _pinned(rt, gw, name, ext, candidates, prompt_tokens)
+    if pinned is not None:
+        opened = await _open(rt, pinned.upstream, req)
+        if not isinstance(opened, Failure):
+            return await _answer(rt, gw, req, opened, pinned, text, ext)
+        last, failed = opened, [pinned.model]
+    x = await rt.batcher.features(text)
+    for _ in range(1 + gw.cfg.fallback_attempts):
+        left = [c for c in candidates if c not in failed]
+        if not left:
+            break
+        # each try is a decision of its own over the candidates not yet failed, logged
+        # with its propensity there: the first over all, a fallback over the rest
+        routed = await decide(
+            rt,
+            text,
+            x,
+            name,
+            serving,
+            left,
+            ext.cost_weight,
+            experiment=exp,
+            variant=variant,
+            unit=unit,
+            awaits_cost=req.stream,
+            prompt_tokens=prompt_tokens,
+        )
+        up = gw.pool.get(routed.model)
+        assert up is not None
+        current = _serving(routed, up, len(failed), prompt_tokens)
+        opened = await _open(rt, up, req)
+        if isinstance(opened, Failure):
+            last = opened
+            failed.append(routed.model)
+            await _record_failure(rt, gw, routed)
+            continue
+        if ext.session is not None and gw.cfg.session_turns > 1 and routed.record is not None:
+            try:
+                await rt.store.pin_session(
+                    name,
+                    ext.session,
+                    routed.record.event_id,
+                    routed.model,
+                    gw.cfg.session_turns,
+                    gw.cfg.session_ttl_s,
+                )
+            except StoreUnavailable:
+                log.warning("session %s: not pinned, the store is unreachable", ext.session)
+        return await _answer(rt, gw, req, opened, current, text, ext)
+    assert last is not None
+    return _failure_response(last, None, tried=failed)
+
+
+def _serving(routed: Routed, up: Upstream, fallbacks: int, prompt_tokens: int) -> Serving:
+    rec = routed.record
+    return Serving(
+        model=routed.model,
+        upstream=up,
+        event_id=None if rec is None else rec.event_id,
+        created_at=time.time() if rec is None else rec.created_at,
+        policy=routed.policy,
+        propensity=routed.propensity,
+        degraded=routed.degraded,
+        fallbacks=fallbacks,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+async def _pinned(
+    rt: Runtime,
+    gw: Gateway,
+    name: str,
+    ext: Extensions,
+    candidates: list[str],
+    prompt_tokens: int,
+) -> Serving | None:
+    """The model a session is pinned to for this turn, if it still has turns."""
+    if ext.session is None or gw.cfg.session_turns <= 1:
+        return None
+    try:
+        pin = await rt.store.session_turn(name, ext.session)
+    except StoreUnavailable:
+        return None
+    if pin is None:
+        return None
+    event_id, model, turn = pin
+    up = gw.pool.get(model)
+    if up is None or model not in candidates:
+        return None
+    return Serving(
+        model=model,
+        upstream=up,
+        event_id=event_id,
+        policy=name,
+        turn=turn,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+async def _record_failure(rt: Runtime, gw: Gateway, routed: Routed) -> None:
+    """The failed call is its decision's outcome: error_quality at cost 0 (nothing
+    was generated), so the policy learns that this model fails here."""
+    if routed.record is None or gw.cfg.error_quality is None:
+        return
+    event_id = routed.record.event_id
+    try:
+        # the cost first: a streaming decision awaits one, and would park the quality
+        await apply_cost(rt, event_id, 0.0)
+        await apply_quality(rt, event_id, gw.cfg.error_quality, source="upstream_error")
+    except StoreUnavailable:
+        log.warning("failed call of %s not recorded: the store is unreachable", event_id)
+
+
+async def _open(rt: Runtime, up: Upstream, req: ChatCompletionRequest) -> Opened | Failure:
+    """Send the request upstream; a stream is open with its status read, nothing
+    relayed yet (so a failure can still fall back)."""
+    started = time.perf_counter()
+    try:
+        resp = await up.client.send(
+            up.request(req.upstream_body(up.upstream_model), stream=req.stream), stream=req.stream
+        )
+    except httpx.TimeoutException as exc:
+        return _failed(
+            rt, up, Failure("timeout", 504, f"upstream timed out ({type(exc).__name__})")
+        )
+    except httpx.HTTPError as exc:
+        return _failed(rt, up, Failure("connect", 502, f"upstream unreachable ({exc})"))
+    code = resp.status_code
+    if code == 429 or code >= 500:
+        body = (await resp.aread())[:1000].decode("utf-8", "replace")
+        await resp.aclose()
+        kind = "429" if code == 429 else "5xx"
+        return _failed(rt, up, Failure(kind, code, body, resp.headers.get("retry-after")))
+    return Opened(resp, started)
+
+
+def _failed(rt: Runtime, up: Upstream, f: Failure) -> Failure:
+    rt.metrics.upstream_calls.labels(up.model, f.kind).inc()
+    log.warning("upstream %s failed: %s %s", up.model, f.kind, f.detail[:200])
+    return f
+
+
+def _failure_response(
+    f: Failure, serving: Serving | None, tried: list[str] | None = None
+) -> Response:
+    """The last failure, OpenAI-shaped, once no candidate is left to try."""
+    message = f"upstream call failed ({f.kind})"
+    if tried:
+        message += f"; tried {tried}"
+    headers = {} if serving is None else serving.headers()
+    if f.retry_after is not None:
+        headers["retry-after"] = f.retry_after
+    return JSONResponse(
+        {
+            "error": {
+                "message": message,
+                "type": "upstream_error",
+                "code": f.kind,
+                "detail": f.detail,
+            }
+        },
+        status_code=f.status if f.status in (429, 502, 503, 504) else 502,
+        headers=headers,
+    )
+
+
+async def _answer(
+    rt: Runtime,
+    gw: Gateway,
+    req: ChatCompletionRequest,
+    opened: Opened,
+    serving: Serving,
+    text: str,
+    ext: Extensions,
+) -> Response:
+    resp = opened.resp
+    if req.stream and resp.status_code == 200:
+        return StreamingResponse(
+            _relay(rt, gw, req, opened, serving, text, ext),
+            media_type="text/event-stream",
+            headers={**serving.headers(), "cache-control": "no-cache"},
+        )
+    if req.stream:
+        await resp.aread()
+    elapsed = time.perf_counter() - opened.started
+    m = rt.metrics
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if resp.status_code != 200 or not isinstance(data, dict):
+        # the upstream refused the request itself (a 4xx): the client's to fix, not the
+        # model's fault, so nothing is learned
+        m.upstream_calls.labels(serving.model, "4xx").inc()
+        return Response(
+            resp.content,
+            status_code=resp.status_code,
+            media_type=resp.headers.get("content-type"),
+            headers=serving.headers(),
+        )
+    m.upstream_calls.labels(serving.model, "ok").inc()
+    m.upstream_seconds.labels(serving.model, "ttft").observe(elapsed)
+    m.upstream_seconds.labels(serving.model, "total").observe(elapsed)
+    data["model"] = serving.model
+    cost = await _settle(rt, serving, Usage.parse(data.get("usage")), 0)
+    answer = _content(data)
+    _after_answer(gw, serving, text, answer, ext)
+    return Response(
+        json.dumps(data, separators=(",", ":")),
+        media_type="application/json",
+        headers=serving.headers(cost),
+    )
+
+
+def _content(data: dict[str, Any]) -> str:
+    try:
+        return str(data["choices"][0]["message"].get("content") or "")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+
+
+async def _settle(rt: Runtime, serving: Serving, usage: Usage | None, chunks: int) -> float | None:
+    """Price the call and attach the cost to its decision (the first turn of a session
+    carries the session's learning event, so later turns only count in metrics).
+    Without usage (a stream cut short) the completion is counted as one token per
+    content chunk relayed, the prompt as its route-time estimate."""
+    price = rt.catalogue.get(serving.model)
+    if price is None:
+        return None
+    if usage is None:
+        usage = Usage(prompt_tokens=serving.prompt_tokens, completion_tokens=chunks)
+    cost = call_cost(price, usage)
+    rt.metrics.upstream_cost.labels(serving.model).inc(cost)
+    if serving.event_id is not None and serving.turn is None:
+        try:
+            await apply_cost(rt, serving.event_id, cost)
+        except StoreUnavailable:
+            log.warning("cost of %s not attached: the store is unreachable", serving.event_id)
+    return cost
+
+
+def _after_answer(gw: Gateway, serving: Serving, text: str, answer: str, ext: Extensions) -> None:
+    """The answer reached the client: offer it to the judge, read the refusal signal,
+    and remember the turn for the session's next request."""
+    if serving.event_id is None:
+        return
+    if serving.turn is None and gw.judge is not None:
+        gw.judge.offer(serving.event_id, serving.created_at, text, answer)
+    refusal = gw.implicit.refusal(answer)
+    if refusal is not None:
+        gw.deferred.schedule(serving.event_id, serving.created_at, refusal, "implicit_refusal")
+    if ext.session is not None and gw.implicit.enabled:
+        gw.implicit.on_answer(ext.session, serving.event_id, serving.created_at, text)
+
+
+async def _relay(
+    rt: Runtime,
+    gw: Gateway,
+    req: ChatCompletionRequest,
+    opened: Opened,
+    serving: Serving,
+    text: str,
+    ext: Extensions,
+) -> AsyncIterator[bytes]:
+    """Relay the upstream's SSE stream chunk by chunk with the catalogue model's name.
+    The final chunk carries the event's metadata with its cost: the usage chunk if
+    the client asked for usage, else the chunk with the finish reason (held back
+    until the usage behind it arrives)."""
+    resp, started = opened.resp, opened.started
+    m = rt.metrics
+    parts: list[str] = []
+    chunks = 0
+    usage: Usage | None = None
+    held: dict[str, Any] | None = None
+    done = first = False
+    try:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            if not first:
+                first = True
+                m.upstream_seconds.labels(serving.model, "ttft").observe(
+                    time.perf_counter() - started
+                )
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                yield f"data: {payload}\n\n".encode()
+                continue
+            chunk["model"] = serving.model
+            for choice in chunk.get("choices") or ():
+                delta = (choice or {}).get("delta") or {}
+                if delta.get("content"):
+                    chunks += 1
+                    parts.append(str(delta["content"]))
+            parsed = Usage.parse(chunk.get("usage"))
+            if parsed is not None:
+                usage = parsed
+                cost = await _settle(rt, serving, usage, chunks)
+                if not req.wants_usage:
+                    if held is not None:
+                        held["banditroute"] = serving.meta(cost)
+                        yield _sse(held)
+                        held = None
+                    continue
+                chunk["banditroute"] = serving.meta(cost)
+            elif not req.wants_usage and any(
+                (c or {}).get("finish_reason") for c in chunk.get("choices") or ()
+            ):
+                held = chunk
+                continue
+            yield _sse(chunk)
+        if held is not None:  # an upstream that sent no usage
+            held["banditroute"] = serving.meta(None)
+            yield _sse(held)
+        yield b"data: [DONE]\n\n"
+        done = True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await resp.aclose()
+        m.upstream_seconds.labels(serving.model, "total").observe(time.perf_counter() - started)
+        if done:
+            m.upstream_calls.labels(serving.model, "ok").inc()
+            if usage is None:
+                gw.spawn(_settle(rt, serving, None, chunks))
+            _after_answer(gw, serving, text, "".join(parts), ext)
+        else:
+            # the client left mid-stream: the upstream call is cancelled (closed above)
+            # and what it generated so far is still paid for and learned
+            m.upstream_calls.labels(serving.model, "disconnected").inc()
+            if usage is None:
+                gw.spawn(_settle(rt, serving, None, chunks))
+
+
+def _sse(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"

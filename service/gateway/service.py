@@ -1,0 +1,62 @@
+"""The gateway's long-lived parts, built in the app's lifespan: the upstream clients,
+the judge, deferred machine feedback, the implicit signals' session memory, and the
+background tasks the request path starts (a stream cut short settles its cost after
+the request is gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from service.gateway.config import GatewayConfig, UpstreamConfig
+from service.gateway.deferred import Deferred
+from service.gateway.implicit import Implicit
+from service.gateway.judge import Judge
+from service.gateway.upstreams import UpstreamPool
+
+if TYPE_CHECKING:
+    from service.runtime_state import Runtime
+
+log = logging.getLogger("banditroute.gateway")
+# how long the machine feedback of a gateway without a judge waits for a user's
+IMPLICIT_WAIT_S = 60.0
+
+
+class Gateway:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        upstreams: Mapping[str, UpstreamConfig],
+        rt: Runtime,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.pool = UpstreamPool(upstreams, environ)
+        wait = cfg.judge.wait_s if cfg.judge is not None else IMPLICIT_WAIT_S
+        self.deferred = Deferred(rt, wait)
+        self.judge = None
+        if cfg.judge is not None:
+            rng = random.Random(cfg.judge.seed)
+            self.judge = Judge(cfg.judge, rt, self.pool, self.deferred, rng)
+        self.implicit = Implicit(cfg.implicit)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` past the request that started it (kept referenced until done)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway background task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5)
+        await self.deferred.close()
+        await self.pool.close()

@@ -1,0 +1,215 @@
+"""One routing decision, shared by the two front doors (`POST /v1/route` and the
+gateway's `POST /v1/chat/completions`): experiment assignment, the policy's choice
+among the candidates, the shadows' choices, and the decision record in the store."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, status
+
+from policies import Decision, PolicyError
+from service.experiments import VariantConfig, assign
+from service.runtime_state import Runtime
+from service.serving import ServingPolicy
+from service.store.base import DecisionRecord, StoreUnavailable
+
+log = logging.getLogger("banditroute.routing")
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A decision made and logged (`record`), or, with the store down, `degraded`:
+    the fallback model, propensity 1, nothing logged (`record` is None)."""
+
+    policy: str
+    version: int
+    model: str
+    propensity: float
+    record: DecisionRecord | None
+    decision: Decision | None
+    experiment: str | None = None
+    variant: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.record is None
+
+
+def resolve_policy(
+    rt: Runtime, policy: str | None, experiment: str | None, unit_id: str | None
+) -> tuple[str, ServingPolicy, str | None, VariantConfig | None, str | None]:
+    """(policy name, its serving copy, experiment, variant, unit) for a request naming
+    a policy, an experiment, or neither (the default experiment, else the default
+    policy); 404 naming the known ones for an unknown name."""
+    exp_name, variant, unit = assignment(rt, policy, experiment, unit_id)
+    name = variant.policy if variant is not None else policy or rt.settings.default_policy
+    serving = rt.policies.get(name)
+    if serving is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"policy: unknown policy {name!r}; known: {sorted(rt.policies)}",
+        )
+    return name, serving, exp_name, variant, unit
+
+
+def check_candidates(rt: Runtime, candidates: list[str] | None, field: str = "candidates") -> None:
+    if candidates is None:
+        return
+    if len(candidates) > rt.settings.max_candidates:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{field}: {len(candidates)} given, at most {rt.settings.max_candidates} allowed",
+        )
+    unknown = sorted(set(candidates) - set(rt.catalogue))
+    if unknown:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{field}: unknown model(s) {unknown}; registered: {sorted(rt.catalogue)}",
+        )
+
+
+async def decide(
+    rt: Runtime,
+    text: str,
+    x: np.ndarray,
+    name: str,
+    serving: ServingPolicy,
+    candidates: list[str] | None,
+    cost_weight: float | None,
+    *,
+    experiment: str | None = None,
+    variant: VariantConfig | None = None,
+    unit: str | None = None,
+    awaits_cost: bool = False,
+    prompt_tokens: int | None = None,
+) -> Routed:
+    """Choose among `candidates` for context `x` (shape (dim,)) and log the decision
+    with its propensity. A PolicyError (e.g. no usable candidate) is a 422; a store
+    outage gives the degraded answer rather than an error."""
+    policy = serving.policy
+    try:
+        d = policy.choose(x, candidates, cost_weight, text=text)
+    except PolicyError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    shadows = _shadow_choices(rt, name, x, d.model, d.probabilities, cost_weight, text)
+    now = time.time()
+    rec = DecisionRecord(
+        event_id=f"{name}.{uuid.uuid4().hex}",
+        policy=name,
+        model=d.model,
+        propensity=d.propensity,
+        policy_version=serving.version,
+        context=x,
+        candidates=list(d.probabilities),
+        cost_weight=policy.cost_weight if cost_weight is None else cost_weight,
+        created_at=now,
+        deadline=now + rt.settings.decision_ttl_s,
+        prompt_tokens=prompt_tokens if prompt_tokens is not None else max(1, len(text) // 4),
+        expected_cost=(d.expected_cost or {}).get(d.model),
+        experiment=experiment,
+        variant=None if variant is None else variant.name,
+        unit=unit,
+        shadows={s: (m, p) for s, (m, p, _) in shadows.items()} or None,
+        awaits_cost=awaits_cost,
+    )
+    try:
+        seen = await rt.store.put_decision(rec)
+    except StoreUnavailable:
+        return degraded(rt, name, serving.version, candidates, rec.experiment, rec.variant)
+    serving.notice_version(rt.store, seen, rt.catalogue)
+    rt.metrics.decisions.labels(name, d.model, "false").inc()
+    for shadow, (model, _, unsupported) in shadows.items():
+        try:
+            await rt.store.count_shadow_decision(shadow, model == d.model, unsupported)
+        except StoreUnavailable:
+            log.warning("shadow %s: decision not counted, the store is unreachable", shadow)
+    return Routed(
+        policy=name,
+        version=serving.version,
+        model=d.model,
+        propensity=d.propensity,
+        record=rec,
+        decision=d,
+        experiment=rec.experiment,
+        variant=rec.variant,
+    )
+
+
+def _shadow_choices(
+    rt: Runtime,
+    policy: str,
+    x: Any,
+    model: str,
+    served: dict[str, float],
+    cost_weight: float | None,
+    text: str,
+) -> dict[str, tuple[str, float, float]]:
+    """What each shadow of the served policy would have chosen among the same
+    candidates, its probability of the served model, and its probability on models
+    the served policy could not choose."""
+    candidates = list(served)
+    out = {}
+    for shadow in rt.shadows_of.get(policy, ()):
+        try:
+            ds = rt.policies[shadow].policy.choose(x, candidates, cost_weight, text=text)
+        except Exception as exc:  # a shadow never fails the served request
+            log.warning("shadow %s skipped a decision: %s", shadow, exc)
+            continue
+        unsupported = sum(p for m, p in ds.probabilities.items() if served.get(m, 0.0) <= 0)
+        out[shadow] = (ds.model, float(ds.probabilities.get(model, 0.0)), float(unsupported))
+    return out
+
+
+def assignment(
+    rt: Runtime, policy: str | None, experiment: str | None, unit_id: str | None
+) -> tuple[str | None, VariantConfig | None, str | None]:
+    """(experiment, variant, unit): the request's experiment, or the default one when
+    it names no policy; a request without a unit id is assigned at random (and
+    counted as anonymous)."""
+    name = experiment
+    if name is None and policy is None:
+        name = rt.settings.default_experiment
+    if name is None:
+        return None, None, None
+    exp = rt.experiments.get(name)
+    if exp is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"experiment: unknown experiment {name!r}; known: {sorted(rt.experiments)}",
+        )
+    variant = exp.variant(assign(exp, unit_id if unit_id is not None else uuid.uuid4().hex))
+    return name, variant, unit_id
+
+
+def degraded(
+    rt: Runtime,
+    name: str,
+    version: int,
+    candidates: list[str] | None,
+    experiment: str | None = None,
+    variant: str | None = None,
+) -> Routed:
+    """Without its store the service cannot log a decision, so it does not explore:
+    the configured fallback model (or the first candidate), propensity 1."""
+    fallback = rt.settings.fallback_model
+    if candidates and (fallback is None or fallback not in candidates):
+        fallback = candidates[0]
+    if fallback is None:
+        fallback = next(iter(rt.catalogue))
+    rt.metrics.decisions.labels(name, fallback, "true").inc()
+    return Routed(
+        policy=name,
+        version=version,
+        model=fallback,
+        propensity=1.0,
+        record=None,
+        decision=None,
+        experiment=experiment,
+        variant=variant,
+    )

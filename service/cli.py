@@ -152,6 +152,12 @@ def serve(
         settings = _settings(config)
     except typer.BadParameter as exc:
         _fail("serve", f"--config: {exc.message}")
+    from service.gateway.upstreams import MissingKey, check_keys
+
+    try:
+        check_keys({m.name: m.upstream for m in settings.models if m.upstream}, os.environ)
+    except MissingKey as exc:
+        _fail("serve", str(exc))
     if workers > 1 and not settings.redis_url:
         _fail(
             "serve",

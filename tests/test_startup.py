@@ -150,3 +150,13 @@ def test_no_keys_is_said_at_start_up(
         with TestClient(create_app(keyed, embedder=embedder)):
             pass
     assert not any("no API keys" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unset_upstream_key_variable_names_the_model(tmp_path: Path) -> None:
+    config = (
+        MODEL
+        + 'upstream = { base_url = "http://127.0.0.1:9/v1", api_key_env = "BR_NO_SUCH_KEY" }\n'
+    )
+    res = _serve(tmp_path, "--config", _config(tmp_path, config))
+    _one_line(res, "models.small.upstream.api_key_env", "BR_NO_SUCH_KEY", "'small'")
+    assert res.returncode == 2

@@ -148,8 +148,9 @@ async def _routed(
     candidates = [m for m in gw.pool.models if m in rt.catalogue and m in serving.policy.models]
     if not candidates:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"model: no model of router {name!r} has an upstream configured",
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"model: no model of router {name!r} has an upstream configured "
+            "([models.upstream] in the config)",
         )
     if ext.session is not None and gw.implicit.enabled:
         signal = gw.implicit.on_request(ext.session, text)

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from service.app import StartupError, create_app
 from service.embedder import Embedder
-from service.gateway.config import GatewayConfig, JudgeConfig, UpstreamConfig
+from service.gateway.config import GatewayConfig, ImplicitConfig, JudgeConfig, UpstreamConfig
 from service.settings import ModelConfig, PolicyConfig, Settings
 from tests.gateway_helpers import Served, serve_app
 from tests.service_helpers import make_settings
@@ -290,7 +290,8 @@ def test_the_judge_grades_its_fraction_and_never_delays_a_response(
     judge = JudgeConfig(
         model="judge", fraction=fraction, max_per_minute=10_000, max_queue=n, seed=7
     )
-    s = settings(tmp_path, upstreams, gateway=GatewayConfig(judge=judge), read_timeout_s=60)
+    gateway = GatewayConfig(judge=judge, feedback_wait_s=3600)
+    s = settings(tmp_path, upstreams, gateway=gateway, read_timeout_s=60)
     questions = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(20)]
     with serve_app(create_app(s, embedder=embedder)) as srv:
         client = client_of(srv)
@@ -309,8 +310,8 @@ def test_user_feedback_within_the_wait_wins_over_the_judge_exactly_once(
     tmp_path: Path, embedder: Embedder, upstreams: dict[str, Upstream]
 ) -> None:
     upstreams["judge"].configure(content="Score: 10")
-    judge = JudgeConfig(model="judge", fraction=1.0, wait_s=1.5, seed=1)
-    s = settings(tmp_path, upstreams, gateway=GatewayConfig(judge=judge))
+    judge = JudgeConfig(model="judge", fraction=1.0, seed=1)
+    s = settings(tmp_path, upstreams, gateway=GatewayConfig(judge=judge, feedback_wait_s=1.5))
     with serve_app(create_app(s, embedder=embedder)) as srv:
         client = client_of(srv)
         ids = []
@@ -336,6 +337,48 @@ def test_user_feedback_within_the_wait_wins_over_the_judge_exactly_once(
         # the judge's grade stands: a late user rating is refused, not applied twice
         assert feedback(srv, event_id=unrated, quality=0.0).status_code == 409
         assert _metric(srv, "judge_cost") > 0  # metered on its own counter
+
+
+def test_implicit_signals_post_feedback_on_the_sessions_previous_answer(
+    tmp_path: Path, embedder: Embedder, upstreams: dict[str, Upstream]
+) -> None:
+    implicit = ImplicitConfig(regenerate=0.0, continued=0.7, refusal=0.1)
+    gateway = GatewayConfig(implicit=implicit, feedback_wait_s=0.5)
+    s = settings(tmp_path, upstreams, gateway=gateway)
+    with serve_app(create_app(s, embedder=embedder)) as srv:
+        client = client_of(srv)
+
+        def ask(text: str) -> str:
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto",
+                messages=[{"role": "user", "content": text}],
+                extra_headers={"x-banditroute-session": "dana"},
+            )
+            return str(raw.headers["x-banditroute-event-id"])
+
+        first = ask("What is 2+2?")
+        again = ask("what is  2+2?")  # the same question: the first answer failed
+        rated = ask("And 3+3?")  # a new one: the second answer was usable
+        assert feedback(srv, event_id=rated, quality=1.0).status_code == 202
+        for u in upstreams.values():
+            u.configure(refuse=True)
+        # a new question again, but the user's own rating of `rated` wins over it
+        refused = ask("Help me with my taxes.")
+        wanted = {first: ("implicit_regenerate", 0.0), again: ("implicit_continued", 0.7)}
+        wanted[rated] = ("user", 1.0)
+        wanted[refused] = ("implicit_refusal", 0.1)
+
+        def logged() -> dict[str, list[tuple[str, float]]]:
+            out: dict[str, list[tuple[str, float]]] = {}
+            for e in log_of(srv):
+                out.setdefault(e["event_id"], []).append((e["source"], e["quality"]))
+            return out
+
+        wait_until("the implicit feedback", lambda: all(k in logged() for k in wanted))
+        time.sleep(1.0)  # anything applied twice would show by now
+        got = logged()
+        for event_id, outcome in wanted.items():
+            assert got[event_id] == [outcome]
 
 
 # ---- sessions and disconnects -----------------------------------------------------

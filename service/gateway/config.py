@@ -29,9 +29,6 @@ class JudgeConfig(BaseModel):
     model: str = Field(min_length=1)
     fraction: float = Field(default=0.1, ge=0, le=1)
     max_per_minute: int = Field(default=60, ge=0)
-    # the judge's grade is applied only if no user feedback arrived this long after
-    # the decision (user feedback takes precedence; exactly one outcome is learned)
-    wait_s: float = Field(default=60.0, ge=0)
     # graded requests waiting for the judge; beyond it a sampled request is skipped
     max_queue: int = Field(default=1000, ge=1)
     concurrency: int = Field(default=4, ge=1)
@@ -65,4 +62,8 @@ class GatewayConfig(BaseModel):
     session_from_user: bool = True
     session_ttl_s: float = Field(default=1800.0, gt=0)
     judge: JudgeConfig | None = None
+    # machine-made feedback (the judge's grade, implicit signals) is applied only if no
+    # user feedback arrived this long after the decision: the user's takes precedence,
+    # and exactly one outcome is learned per event
+    feedback_wait_s: float = Field(default=60.0, ge=0)
     implicit: ImplicitConfig = Field(default_factory=ImplicitConfig)

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from service.runtime_state import Runtime
 
 log = logging.getLogger("banditroute.gateway")
-# how long the machine feedback of a gateway without a judge waits for a user's
-IMPLICIT_WAIT_S = 60.0
 
 
 class Gateway:
@@ -35,8 +33,7 @@ class Gateway:
     ) -> None:
         self.cfg = cfg
         self.pool = UpstreamPool(upstreams, environ)
-        wait = cfg.judge.wait_s if cfg.judge is not None else IMPLICIT_WAIT_S
-        self.deferred = Deferred(rt, wait)
+        self.deferred = Deferred(rt, cfg.feedback_wait_s)
         self.judge = None
         if cfg.judge is not None:
             rng = random.Random(cfg.judge.seed)

@@ -71,6 +71,8 @@ class RouteRequest(BaseModel):
     experiment: PolicyName | None = None
     unit_id: Text | None = Field(default=None, min_length=1, max_length=256)
     explain: bool = False
+    # the call's cost will be posted separately: a quality posted first waits for it
+    cost_later: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> RouteRequest:
@@ -108,44 +110,74 @@ class RouteResponse(BaseModel):
     explanation: dict[str, CandidateExplanation] | None = None
 
 
+_SIGNALS = (("quality", "number"), ("thumbs", "string"), ("score", "number"))
+_TOKENS = (("prompt_tokens", "completion_tokens"), ("completion_tokens", "prompt_tokens"))
+
+
+def _given(name: str, kind: str) -> dict[str, Any]:
+    """The schema of "`name` is present and not null"."""
+    return {"required": [name], "properties": {name: {"type": kind}}}
+
+
+# the rules FeedbackRequest's validator enforces (all but score in [score_min,
+# score_max]), for generated clients and fuzzers: at most one quality signal; a token
+# count needs its pair (or cost_usd); and a quality signal or a cost, or both
+_FEEDBACK_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "not": {
+                "anyOf": [
+                    {
+                        "required": [a, b],
+                        "properties": {a: {"type": ta}, b: {"type": tb}},
+                    }
+                    for i, (a, ta) in enumerate(_SIGNALS)
+                    for b, tb in _SIGNALS[i + 1 :]
+                ]
+            }
+        },
+        *(
+            {
+                "anyOf": [
+                    {"not": _given(one, "integer")},
+                    _given("cost_usd", "number"),
+                    _given(other, "integer"),
+                ]
+            }
+            for one, other in _TOKENS
+        ),
+        {
+            "anyOf": [
+                *(_given(n, t) for n, t in _SIGNALS),
+                _given("cost_usd", "number"),
+                {
+                    "required": ["prompt_tokens", "completion_tokens"],
+                    "properties": {
+                        "prompt_tokens": {"type": "integer"},
+                        "completion_tokens": {"type": "integer"},
+                    },
+                },
+            ]
+        },
+    ]
+}
+
+
 class FeedbackRequest(BaseModel):
-    """The outcome of a routed call: one quality signal and the call's cost.
+    """The outcome of a routed call: a quality signal, the call's cost, or both (they
+    may come apart, in either order; each counts once).
 
     quality in [0, 1]; or thumbs up (1) / down (0); or a judge `score` on
     [score_min, score_max]. Cost as `cost_usd`, or token counts priced from the
-    model catalogue.
+    model catalogue. A quality alone learns with an estimated cost unless the
+    decision has (or awaits) a measured one; a cost attached earlier wins over a cost
+    given with the quality.
     """
 
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        # the rules the validator enforces (all but score in [score_min, score_max])
-        json_schema_extra={
-            "allOf": [
-                {
-                    "oneOf": [
-                        {"required": [n], "properties": {n: {"type": t}}}
-                        for n, t in (
-                            ("quality", "number"),
-                            ("thumbs", "string"),
-                            ("score", "number"),
-                        )
-                    ]
-                },
-                {
-                    "anyOf": [
-                        {"required": ["cost_usd"], "properties": {"cost_usd": {"type": "number"}}},
-                        {
-                            "required": ["prompt_tokens", "completion_tokens"],
-                            "properties": {
-                                "prompt_tokens": {"type": "integer"},
-                                "completion_tokens": {"type": "integer"},
-                            },
-                        },
-                    ]
-                },
-            ]
-        },
+        json_schema_extra=_FEEDBACK_RULES,
     )
 
     event_id: Text = Field(min_length=1, max_length=200)
@@ -162,11 +194,9 @@ class FeedbackRequest(BaseModel):
 
     @model_validator(mode="after")
     def _signals(self) -> FeedbackRequest:
-        given = [n for n in ("quality", "thumbs", "score") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of 'quality', 'thumbs' or 'score' (got {given or 'none'})"
-            )
+        given = [n for n, _ in _SIGNALS if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of 'quality', 'thumbs' or 'score' (got {given})")
         if self.score is not None:
             if self.score_max <= self.score_min:
                 raise ValueError("score_max must be greater than score_min")
@@ -176,26 +206,43 @@ class FeedbackRequest(BaseModel):
                     f"[{self.score_min}, {self.score_max}]"
                 )
         tokens = (self.prompt_tokens, self.completion_tokens)
-        if self.cost_usd is None and None in tokens:
+        if self.cost_usd is None and tokens.count(None) == 1:
             raise ValueError(
-                "give the call's cost: 'cost_usd', or both 'prompt_tokens' and 'completion_tokens'"
+                "give the call's cost as 'cost_usd', or both 'prompt_tokens' and "
+                "'completion_tokens'"
+            )
+        if not given and not self.has_cost():
+            raise ValueError(
+                "give a quality ('quality', 'thumbs' or 'score'), the call's cost "
+                "('cost_usd', or 'prompt_tokens' and 'completion_tokens'), or both"
             )
         return self
 
-    def quality_value(self) -> float:
+    def has_cost(self) -> bool:
+        return self.cost_usd is not None or None not in (self.prompt_tokens, self.completion_tokens)
+
+    def quality_value(self) -> float | None:
+        """The quality signal on [0, 1], None if the request carries only a cost."""
         if self.quality is not None:
             return self.quality
         if self.thumbs is not None:
             return 1.0 if self.thumbs == "up" else 0.0
-        assert self.score is not None
+        if self.score is None:
+            return None
         return (self.score - self.score_min) / (self.score_max - self.score_min)
 
 
 class FeedbackResponse(BaseModel):
+    """status: "accepted" (the quality was learned, with cost_usd), "awaiting_cost"
+    (the quality waits for the decision's cost, posted apart), "cost_attached" (the
+    cost was taken; a quality posted earlier or later is learned with it).
+    cost_estimated: cost_usd is an estimate (no cost was given or attached)."""
+
     event_id: str
-    status: Literal["accepted"]
-    quality: float
-    cost_usd: float
+    status: Literal["accepted", "awaiting_cost", "cost_attached"]
+    quality: float | None
+    cost_usd: float | None
+    cost_estimated: bool = False
 
 
 class ModelIn(BaseModel):
@@ -215,6 +262,29 @@ class ModelIn(BaseModel):
 
 class ModelOut(ModelIn):
     pass
+
+
+class ModelListEntry(BaseModel):
+    """One entry of GET /v1/models: OpenAI's fields, then banditroute's."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "banditroute"
+    kind: Literal["router", "model"]
+    upstream: bool | None = None
+    name: str | None = None
+    input_per_m: float | None = None
+    output_per_m: float | None = None
+    expected_input_tokens: int | None = None
+    expected_output_tokens: int | None = None
+    prior_quality: float | None = None
+    prior_strength: float | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelListEntry]
 
 
 class ModelStatsOut(BaseModel):

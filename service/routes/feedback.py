@@ -1,8 +1,8 @@
-"""POST /v1/feedback: the outcome of a routed call, taken at most once per decision."""
+"""POST /v1/feedback: a routed call's quality, its cost, or both, each taken at most
+once per decision (the work is in service.outcomes)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -10,9 +10,9 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 
 from service.deps import ClientAuth, RuntimeDep
+from service.outcomes import Recorded, apply_cost, apply_quality, count, find_decision
 from service.schemas import MAX_CALL_USD, FeedbackRequest, FeedbackResponse
-from service.shadow import increments as shadow_increments
-from service.store.base import DecisionRecord, FeedbackEvent, FeedbackOutcome, StoreUnavailable
+from service.store.base import StoreUnavailable
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
@@ -40,81 +40,73 @@ def _unavailable() -> JSONResponse:
 async def feedback(
     req: FeedbackRequest, rt: RuntimeDep, _auth: ClientAuth
 ) -> FeedbackResponse | JSONResponse:
-    policy, sep, _ = req.event_id.partition(".")
-    if not sep or policy not in rt.policies:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"event_id: unknown event {req.event_id!r}")
+    """A quality with or without the cost (an attached cost wins; none: estimated, or
+    parked for a decision that awaits its cost), or the cost alone."""
     now = time.time()
-    try:
-        rec = await rt.store.get_decision(policy, req.event_id, now)
-        # an answered decision keeps only a tombstone: it tells a duplicate apart
-        answered = rec is None and await rt.store.was_answered(policy, req.event_id)
-    except StoreUnavailable:
-        return _unavailable()
-    if answered:
-        rt.metrics.feedback.labels(policy, FeedbackOutcome.DUPLICATE.value).inc()
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"event_id: feedback for {req.event_id!r} was already recorded; it counts once",
-        )
-    if rec is None:
-        rt.metrics.feedback.labels(policy, "unknown").inc()
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {req.event_id!r}"
-        )
-    if req.cost_usd is not None:
-        cost = req.cost_usd
-    else:
-        price = rt.catalogue.get(rec.model)
-        if price is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"cost_usd: model {rec.model!r} has no price in the catalogue; give cost_usd",
-            )
-        assert req.prompt_tokens is not None and req.completion_tokens is not None
-        cost = price.cost(req.prompt_tokens, req.completion_tokens)
-        if not cost <= MAX_CALL_USD:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"prompt_tokens, completion_tokens: priced at {cost:.4g} USD, above the "
-                f"per-call limit of {MAX_CALL_USD:g} USD",
-            )
     quality = req.quality_value()
-    event = FeedbackEvent.join(rec, quality=quality, cost_usd=cost, source=req.source, now=now)
-    event = dataclasses.replace(event, copies=_copies(rt, rec, event) or None)
     try:
-        outcome = await rt.store.submit_feedback(policy, req.event_id, event, now)
+        cost = req.cost_usd if req.cost_usd is not None else await _priced(rt, req, now)
+        if quality is None:
+            assert cost is not None  # the request validator asks for one or the other
+            done = await apply_cost(rt, req.event_id, cost, now=now)
+        else:
+            done = await apply_quality(
+                rt, req.event_id, quality, source=req.source, cost_usd=cost, now=now
+            )
     except StoreUnavailable:
         return _unavailable()
-    rt.metrics.feedback.labels(policy, outcome.value).inc()
-    if outcome is FeedbackOutcome.DUPLICATE:
+    if done.status in ("duplicate", "unknown"):
+        raise _refusal(req.event_id, done.status, cost_only=quality is None)
+    return _response(req.event_id, done)
+
+
+async def _priced(rt: RuntimeDep, req: FeedbackRequest, now: float) -> float | None:
+    """The token counts priced at the decision's model (None without them)."""
+    if req.prompt_tokens is None or req.completion_tokens is None:
+        return None
+    found = await find_decision(rt, req.event_id, now)
+    if isinstance(found, str):
+        count(rt, req.event_id, found)
+        raise _refusal(req.event_id, found, cost_only=req.quality_value() is None)
+    price = rt.catalogue.get(found.model)
+    if price is None:
         raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"cost_usd: model {found.model!r} has no price in the catalogue; give cost_usd",
+        )
+    cost = price.cost(req.prompt_tokens, req.completion_tokens)
+    if not cost <= MAX_CALL_USD:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"prompt_tokens, completion_tokens: priced at {cost:.4g} USD, above the "
+            f"per-call limit of {MAX_CALL_USD:g} USD",
+        )
+    return cost
+
+
+def _refusal(event_id: str, why: str, *, cost_only: bool) -> HTTPException:
+    if why == "unknown":
+        return HTTPException(
+            status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {event_id!r}"
+        )
+    if cost_only:
+        return HTTPException(
             status.HTTP_409_CONFLICT,
-            f"event_id: feedback for {req.event_id!r} was already recorded; it counts once",
+            f"event_id: the cost of {event_id!r} was already attached (or its feedback "
+            "recorded); it counts once",
         )
-    if outcome is FeedbackOutcome.UNKNOWN:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"event_id: unknown or expired event {req.event_id!r}"
-        )
-    return FeedbackResponse(
-        event_id=req.event_id, status="accepted", quality=quality, cost_usd=cost
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        f"event_id: feedback for {event_id!r} was already recorded; it counts once",
     )
 
 
-def _copies(
-    rt: RuntimeDep, rec: DecisionRecord, event: FeedbackEvent
-) -> dict[str, dict[str, float] | None]:
-    """Who else learns from this feedback: the served policy's shadows (with what it
-    adds to their shadow counters) and, with share_feedback, the experiment's other
-    variants. They travel with the event, recorded in the same atomic step, and the
-    served policy's learner forwards them (Store.forward_copies): none is lost to a
-    crash or an outage after the feedback was accepted."""
-    targets: dict[str, dict[str, float] | None] = {}
-    for shadow, (_, p_shadow) in (rec.shadows or {}).items():
-        w = p_shadow / rec.propensity
-        targets[shadow] = shadow_increments(w, event.quality, event.cost_usd)
-    exp = rt.experiments.get(rec.experiment or "")
-    if exp is not None and exp.share_feedback:
-        for v in exp.variants:
-            if v.policy != rec.policy and v.policy not in targets:
-                targets[v.policy] = None
-    return targets
+def _response(event_id: str, done: Recorded) -> FeedbackResponse:
+    assert done.status in ("accepted", "awaiting_cost", "cost_attached")
+    return FeedbackResponse(
+        event_id=event_id,
+        status=done.status,
+        quality=done.quality,
+        cost_usd=done.cost_usd,
+        cost_estimated=done.cost_estimated,
+    )

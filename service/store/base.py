@@ -1,5 +1,12 @@
 """The store contract: decisions with a deadline, an at-most-once feedback stream,
-policy snapshots with a version, the learner lease, and the model catalogue.
+policy snapshots with a version, the learner lease, the model catalogue, and the
+gateway's session pins.
+
+A decision's outcome is a quality and a cost, and they may arrive apart: the gateway
+knows a call's cost when the call ends (`attach_cost`), a rating comes later
+(`submit_feedback`). Either order yields one learning event with the measured cost;
+a quality that comes first to a decision that awaits its cost is parked until the
+cost (or the deadline) arrives.
 
 Two implementations meet it: `RedisStore` (shared by many workers, survives restarts)
 and `MemoryStore` (one process; snapshots persisted to a state directory). Every
@@ -10,13 +17,15 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from service.abstats import Sums
+from service.shadow import increments as shadow_increments
 
 
 class StoreUnavailable(RuntimeError):
@@ -52,6 +61,27 @@ def parse_stream_id(entry_id: str) -> tuple[int, int]:
     return parsed
 
 
+MAX_SESSION_CHARS = 512
+
+
+def check_pin(session: str, turns: int, ttl_s: float) -> None:
+    """ValueError unless `pin_session` can keep this pin."""
+    if not session or len(session) > MAX_SESSION_CHARS:
+        raise ValueError(f"session must be 1-{MAX_SESSION_CHARS} characters")
+    if turns < 1:
+        raise ValueError(f"turns must be >= 1, got {turns}")
+    if not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+
+
+def check_cost(cost_usd: float) -> float:
+    """`cost_usd` as a float if it is a cost at all: finite and >= 0."""
+    cost = float(cost_usd)
+    if not math.isfinite(cost) or cost < 0:
+        raise ValueError(f"cost_usd must be finite and >= 0, got {cost_usd!r}")
+    return cost
+
+
 # what acquire_lease answers
 NOT_HELD, RENEWED, TAKEN = 0, 1, 2
 
@@ -60,6 +90,8 @@ class FeedbackOutcome(enum.Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"  # the decision already has its feedback -> HTTP 409
     UNKNOWN = "unknown"  # never issued, or past its deadline -> HTTP 404
+    # the quality was taken and waits for the cost that will follow (awaits_cost)
+    PARKED = "awaiting_cost"
 
 
 @dataclass(frozen=True)
@@ -90,6 +122,12 @@ class DecisionRecord:
     # the policy's own estimate of the chosen model's cost (USD) at choose time: the
     # cost a decision that expires unanswered learns with its default reward
     expected_cost: float | None = None
+    # a measured cost will follow (a streamed call's is known only when it ends): a
+    # quality that comes first is parked until the cost or the deadline comes
+    awaits_cost: bool = False
+    # the call's measured cost (USD) once `attach_cost` took it; filled when the record
+    # is read, never stored with it (the store keeps it apart, so it can come later)
+    cost_usd: float | None = None
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,17 +135,23 @@ class DecisionRecord:
         return d
 
     def encode(self) -> dict[str, bytes]:
-        """Flat mapping of byte strings (a Redis hash)."""
+        """Flat mapping of byte strings (a Redis hash); without cost_usd, which the
+        store keeps as a field of its own ("cost")."""
+        meta = self.meta()
+        del meta["cost_usd"]
         return {
-            "meta": json.dumps(self.meta(), separators=(",", ":")).encode(),
+            "meta": json.dumps(meta, separators=(",", ":")).encode(),
             "x": np.ascontiguousarray(self.context, dtype=np.float64).tobytes(),
         }
 
     @classmethod
     def decode(cls, fields: dict[bytes, bytes] | dict[str, bytes]) -> DecisionRecord:
+        """The record of `encode()`; an attached cost in field "cost" fills cost_usd."""
         f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
         meta = _known(cls, json.loads(f["meta"]))
-        return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
+        meta.pop("cost_usd", None)
+        cost = float(f["cost"]) if f.get("cost") is not None else None
+        return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), cost_usd=cost, **meta)
 
 
 def _known(cls: type, meta: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +166,12 @@ class FeedbackEvent:
     """One learning event on the feedback stream: the decision joined with its outcome.
 
     quality in [0, 1]; cost_usd >= 0; source: "user", "judge" or "default" (the
-    configured reward for a decision that expired unanswered).
+    configured reward for a decision that expired unanswered). cost_estimated: the
+    cost is an estimate (`default_cost`), not the call's measured cost.
+
+    A stream entry may carry the measured cost in a field "cost" of its own, apart from
+    meta (the Redis scripts add it when a cost attached to the decision overrides the
+    event's): `decode` then takes it (`with_cost`).
     """
 
     event_id: str
@@ -145,6 +194,7 @@ class FeedbackEvent:
     # the same atomic step as the feedback; the learner forwards the copies
     # (`Store.forward_copies`) before it publishes a snapshot containing the event.
     copies: dict[str, dict[str, float] | None] | None = None
+    cost_estimated: bool = False
 
     def encode(self) -> dict[str, bytes]:
         meta = asdict(self)
@@ -158,7 +208,25 @@ class FeedbackEvent:
     def decode(cls, fields: dict[bytes, bytes] | dict[str, bytes]) -> FeedbackEvent:
         f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
         meta = _known(cls, json.loads(f["meta"]))
-        return cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
+        ev = cls(context=np.frombuffer(f["x"], dtype=np.float64).copy(), **meta)
+        cost = f.get("cost")
+        return ev if cost is None else ev.with_cost(float(cost))
+
+    def with_cost(self, cost_usd: float) -> FeedbackEvent:
+        """This event with the call's measured cost instead of its own. The shadow
+        increments its copies carry depend on the cost, so they are made again from
+        their weight ("sw" is the importance weight itself, see shadow.increments)."""
+        copies = None
+        if self.copies is not None:
+            copies = {
+                target: (
+                    shadow_increments(incr["sw"], self.quality, cost_usd)
+                    if incr is not None and "sw" in incr
+                    else incr
+                )
+                for target, incr in self.copies.items()
+            }
+        return replace(self, cost_usd=cost_usd, cost_estimated=False, copies=copies)
 
     @classmethod
     def join(
@@ -244,12 +312,14 @@ UNIT_TTL_S = 30 * 24 * 3600.0
 
 
 def default_cost(rec: DecisionRecord, models: dict[str, ModelPrice]) -> float:
-    """The cost (USD) a decision that expired unanswered learns with its default
-    reward: the policy's own estimate for the chosen model when it made one, else the
-    catalogue price of the prompt (rec.prompt_tokens, else the model's expected input)
-    plus the model's expected output, else 0 (a model the catalogue no longer has).
-    Cost 0 would make models whose decisions often go unanswered look cheap."""
-    if rec.expected_cost is not None and rec.expected_cost >= 0:
+    """The cost (USD) a decision learns with when no cost was measured (its default
+    reward, or a quality that came alone): the policy's own estimate for the chosen
+    model when it made one above 0, else the catalogue price of the prompt
+    (rec.prompt_tokens, else the model's expected input) plus the model's expected
+    output, else 0 (a model the catalogue no longer has). Cost 0 would make models
+    whose decisions often go unanswered look cheap, so an estimate of 0 (a cold policy
+    that keeps no cost prior, or one clipped at 0) gives way to the catalogue."""
+    if rec.expected_cost is not None and rec.expected_cost > 0:
         return float(rec.expected_cost)
     price = models.get(rec.model)
     if price is None:
@@ -278,14 +348,17 @@ class Store(ABC):
 
     @abstractmethod
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
-        """The record if it exists, is unanswered, its deadline has not passed
+        """The record if it exists, no event was appended for it yet (unanswered, or
+        its quality parked waiting for its cost), its deadline has not passed
         (now <= deadline) and the sweep has not closed it, else None (an answered or
-        closed decision keeps only a tombstone without its context: `was_answered`)."""
+        closed decision keeps only a tombstone without its context: `was_answered`).
+        Its cost_usd is the cost `attach_cost` attached, None before."""
 
     @abstractmethod
     async def was_answered(self, policy: str, event_id: str) -> bool:
         """True while the decision's tombstone says it got its feedback (until its
-        deadline + grace): a second feedback is then a 409, not a 404."""
+        deadline + grace), or while its quality is parked waiting for its cost: a
+        second feedback is then a 409, not a 404."""
 
     @abstractmethod
     async def submit_feedback(
@@ -296,14 +369,39 @@ class Store(ABC):
         grace) and append `event`, with its `copies`, to the policy's feedback stream
         (ACCEPTED); if already answered, DUPLICATE; otherwise UNKNOWN.
 
-        The checks run in this order: missing -> UNKNOWN; answered -> DUPLICATE (also
-        after the deadline, while the record is kept for the grace period); closed by
-        `expire_due` or now > deadline -> UNKNOWN. `event` must carry the same
-        event_id and policy (ValueError otherwise).
+        The cost: a cost attached to the decision (`attach_cost`) wins over
+        event.cost_usd (the appended event carries it, cost_estimated False, and the
+        counters use it). A decision that awaits its cost (awaits_cost) and has none
+        attached yet parks the event instead, appending nothing (PARKED): the cost
+        appends it (`attach_cost`), or the sweep does at the deadline with the event's
+        own cost (`expire_due`). A parked decision counts as answered for a second
+        quality (DUPLICATE).
+
+        The checks run in this order: missing -> UNKNOWN; answered or parked ->
+        DUPLICATE (also after the deadline, while the record is kept for the grace
+        period); closed by `expire_due` or now > deadline -> UNKNOWN. `event` must
+        carry the same event_id and policy (ValueError otherwise).
 
         In the same atomic step an accepted event is appended to the policy's decision
         log (capped), and, for a decision of an experiment, its quality and cost are
         added to the variant's counters (see `experiment_counts`)."""
+
+    @abstractmethod
+    async def attach_cost(
+        self, policy: str, event_id: str, cost_usd: float, now: float
+    ) -> FeedbackOutcome:
+        """Atomically attach the call's measured cost (USD) to an open decision, at
+        most once (ACCEPTED). If its quality was parked waiting for it, the same step
+        appends the event: the parked quality joined with this cost (cost_estimated
+        False), to the stream and the decision log, with the experiment counters and
+        per-unit sums, exactly as `submit_feedback` does, and the decision becomes
+        answered with its tombstone. Otherwise a quality that comes later takes this
+        cost.
+
+        DUPLICATE: a cost is already attached, or the decision's event was already
+        appended (also after the deadline, within the grace period). UNKNOWN: missing,
+        closed by the sweep, or now > deadline. cost_usd must be finite and >= 0
+        (ValueError otherwise)."""
 
     @abstractmethod
     async def expire_due(
@@ -311,9 +409,15 @@ class Store(ABC):
     ) -> int:
         """Close decisions whose deadline passed unanswered (deadline < now), oldest
         deadline first, at most `limit`. With a default quality, each gets a
-        FeedbackEvent (source "default", cost imputed by `default_cost`) appended
-        atomically with its closing. A closed decision refuses late feedback as UNKNOWN
-        and keeps only a tombstone. Returns how many were closed."""
+        FeedbackEvent (source "default", cost imputed by `default_cost`, or the
+        measured cost when one was attached) appended atomically with its closing. A
+        closed decision refuses late feedback as UNKNOWN and keeps only a tombstone.
+
+        A decision whose quality was parked waiting for a cost that never came gets
+        its parked event instead, with the event's own (estimated) cost, whatever
+        default_quality is, counted in its experiment like any feedback; it then
+        counts as answered (a late quality or cost is a DUPLICATE). Returns how many
+        were closed."""
 
     @abstractmethod
     async def due_backlog(self, policy: str, now: float) -> int:
@@ -375,6 +479,22 @@ class Store(ABC):
     @abstractmethod
     async def shadow_counts(self, policy: str) -> dict[str, float]:
         """The shadow counters of `policy` (see service.shadow)."""
+
+    # ---- session pins (the gateway's sessions keep their model) --------------
+    @abstractmethod
+    async def pin_session(
+        self, policy: str, session: str, event_id: str, model: str, turns: int, ttl_s: float
+    ) -> None:
+        """Pin `session` to this decision for `turns` turns in all (the first, calling
+        this, included); expires ttl_s after the last turn. A new pin replaces the
+        session's old one; turns <= 1 leaves no pin (nothing to reuse). ValueError for
+        an empty session, turns < 1 or ttl_s <= 0."""
+
+    @abstractmethod
+    async def session_turn(self, policy: str, session: str) -> tuple[str, str, int] | None:
+        """Atomically count one more turn of a pinned session: (event_id, model, turn
+        number, 2 for the first reuse) while turns are left, else None (a used-up pin
+        is dropped). Each turn refreshes the pin's TTL."""
 
     # ---- experiments ---------------------------------------------------------
     @abstractmethod

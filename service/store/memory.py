@@ -43,6 +43,8 @@ from service.store.base import (
     Snapshot,
     Store,
     StoreUnavailable,
+    check_cost,
+    check_pin,
     check_policy_name,
     default_cost,
     feedback_increments,
@@ -56,8 +58,9 @@ _MODELS_FILE = "models.json"
 _EXPERIMENTS_FILE = "experiments.json"
 _HEADER_KEYS = {"version", "last_id", "applied", "published_at", "size"}
 
-# the states a decision goes through, as in the Redis store's `answered` field
-_OPEN, _ANSWERED, _CLOSED = 0, 1, 2
+# the states a decision goes through, as in the Redis store's `answered` field;
+# parked: its quality taken, waiting for the cost that will follow
+_OPEN, _ANSWERED, _CLOSED, _PARKED = 0, 1, 2, 3
 
 StreamId = tuple[int, int]
 
@@ -70,6 +73,21 @@ class _Decision:
     deadline: float
     expire_at: float  # wall-clock unix seconds; the record is gone after it
     state: int = _OPEN
+    awaits: bool = False  # DecisionRecord.awaits_cost
+    cost: float | None = None  # the measured cost, once attached
+    parked: FeedbackEvent | None = None  # the quality waiting for the cost (_PARKED)
+
+
+@dataclass(slots=True)
+class _Pin:
+    """A session pinned to a decision (pin_session)."""
+
+    event_id: str
+    model: str
+    turn: int  # turns taken so far
+    turns: int
+    ttl_s: float
+    expire_at: float  # time.monotonic()
 
 
 @dataclass
@@ -98,6 +116,8 @@ class _Policy:
     shadow: dict[str, float] = field(default_factory=dict)
     # source policy -> the newest of its stream ids copied here (forward_copies)
     marks: dict[str, StreamId] = field(default_factory=dict)
+    sessions: dict[str, _Pin] = field(default_factory=dict)
+    sessions_mark: int = 1024  # sweep expired pins when there are more than this
 
 
 class MemoryStore(Store):
@@ -154,7 +174,9 @@ class MemoryStore(Store):
         wall = time.time()
         self._purge(st, wall)
         expire_at = rec.deadline + self.grace_s + SWEEP_MARGIN_S
-        st.decisions[rec.event_id] = _Decision(rec.encode(), rec.deadline, expire_at)
+        st.decisions[rec.event_id] = _Decision(
+            rec.encode(), rec.deadline, expire_at, awaits=rec.awaits_cost
+        )
         heapq.heappush(st.due, (rec.deadline, rec.event_id))
         heapq.heappush(st.expiry, (expire_at, rec.event_id))
         self._bound(st)
@@ -175,13 +197,13 @@ class MemoryStore(Store):
 
     async def get_decision(self, policy: str, event_id: str, now: float) -> DecisionRecord | None:
         d = self._live(self._policy(policy), event_id)
-        if d is None or d.state != _OPEN or d.fields is None or now > d.deadline:
+        if d is None or d.state not in (_OPEN, _PARKED) or d.fields is None or now > d.deadline:
             return None
-        return DecisionRecord.decode(d.fields)
+        return replace(DecisionRecord.decode(d.fields), cost_usd=d.cost)
 
     async def was_answered(self, policy: str, event_id: str) -> bool:
         d = self._live(self._policy(policy), event_id)
-        return d is not None and d.state == _ANSWERED
+        return d is not None and d.state in (_ANSWERED, _PARKED)
 
     async def submit_feedback(
         self, policy: str, event_id: str, event: FeedbackEvent, now: float
@@ -191,36 +213,70 @@ class MemoryStore(Store):
         d = self._live(st, event_id)
         if d is None:
             return FeedbackOutcome.UNKNOWN
-        if d.state == _ANSWERED:
+        if d.state in (_ANSWERED, _PARKED):
             return FeedbackOutcome.DUPLICATE
         if d.state == _CLOSED or now > d.deadline:
             return FeedbackOutcome.UNKNOWN
+        if d.cost is not None:
+            event = event.with_cost(d.cost)
+        elif d.awaits:
+            d.state, d.parked = _PARKED, event
+            return FeedbackOutcome.PARKED
+        await self._answer(st, event_id, d, event)
+        return FeedbackOutcome.ACCEPTED
+
+    async def attach_cost(
+        self, policy: str, event_id: str, cost_usd: float, now: float
+    ) -> FeedbackOutcome:
+        cost = check_cost(cost_usd)
+        st = self._policy(policy)
+        d = self._live(st, event_id)
+        if d is None or d.state == _CLOSED:
+            return FeedbackOutcome.UNKNOWN
+        if d.state == _ANSWERED or d.cost is not None:
+            return FeedbackOutcome.DUPLICATE
+        if now > d.deadline:
+            return FeedbackOutcome.UNKNOWN
+        if d.parked is not None:
+            parked, d.parked = d.parked, None
+            await self._answer(st, event_id, d, parked.with_cost(cost))
+        else:
+            d.cost = cost
+        return FeedbackOutcome.ACCEPTED
+
+    async def _answer(self, st: _Policy, event_id: str, d: _Decision, event: FeedbackEvent) -> None:
+        """Mark the decision answered and append its event, with its copies and its
+        experiment counters, in one step (nothing awaited before the last change)."""
         d.state = _ANSWERED
         self._tombstone(st, event_id, d)
         self._append(st, event.encode())
         # the copies for shadows and sharing variants, in the same step (one process:
         # nothing can fail between); forward_copies then finds them taken
         copies = (event.copies or {}).items()
-        copied = [self._copy(t, policy, st.last_id, event, incr) for t, incr in copies]
+        copied = [self._copy(t, event.policy, st.last_id, event, incr) for t, incr in copies]
+        self._count(st, event)
         for target in copied:
             if target is not None:
                 await self._notify(target)
-        if event.experiment is not None:
-            arm = (event.experiment, event.variant or "")
-            counters = st.counters.setdefault(arm, {})
-            for name, value in feedback_increments(event).items():
-                counters[name] = counters.get(name, 0.0) + value
-            if event.unit is None:  # its decision made it a unit of its own
-                unit_feedback(counters, (1.0, 0.0, 0.0, 0.0), event.quality, event.cost_usd)
-            else:
-                wall = time.time()
-                totals = self._unit_totals(st, arm, wall)
-                before = totals.pop(event.unit, None)
-                prior = None if before is None else before[0]
-                after = unit_feedback(counters, prior, event.quality, event.cost_usd)
-                totals[event.unit] = (after, wall)
         await self._notify(st)
-        return FeedbackOutcome.ACCEPTED
+
+    def _count(self, st: _Policy, event: FeedbackEvent) -> None:
+        """Add an accepted event to its experiment variant's counters and unit sums."""
+        if event.experiment is None:
+            return
+        arm = (event.experiment, event.variant or "")
+        counters = st.counters.setdefault(arm, {})
+        for name, value in feedback_increments(event).items():
+            counters[name] = counters.get(name, 0.0) + value
+        if event.unit is None:  # its decision made it a unit of its own
+            unit_feedback(counters, (1.0, 0.0, 0.0, 0.0), event.quality, event.cost_usd)
+        else:
+            wall = time.time()
+            totals = self._unit_totals(st, arm, wall)
+            before = totals.pop(event.unit, None)
+            prior = None if before is None else before[0]
+            after = unit_feedback(counters, prior, event.quality, event.cost_usd)
+            totals[event.unit] = (after, wall)
 
     async def expire_due(
         self, policy: str, now: float, default_quality: float | None, limit: int = 1000
@@ -228,24 +284,33 @@ class MemoryStore(Store):
         st = self._policy(policy)
         self._purge(st, time.time())
         prices = await self.get_models() if default_quality is not None else {}
-        closed = 0
+        closed = appended = 0
         while st.due and st.due[0][0] < now and closed < limit:
             deadline, event_id = heapq.heappop(st.due)
             d = self._live(st, event_id)
             # stale heap entries: answered, gone, or re-put with another deadline
-            if d is None or d.state != _OPEN or d.deadline != deadline:
+            if d is None or d.state not in (_OPEN, _PARKED) or d.deadline != deadline:
+                continue
+            closed += 1
+            if d.parked is not None:
+                # a quality that waited in vain for its cost: learned with its own
+                parked, d.parked = d.parked, None
+                await self._answer(st, event_id, d, parked)
                 continue
             d.state = _CLOSED
-            closed += 1
             if default_quality is not None and d.fields is not None:
                 rec = DecisionRecord.decode(d.fields)
-                cost = default_cost(rec, prices)
                 ev = FeedbackEvent.join(
-                    rec, quality=default_quality, cost_usd=cost, source="default", now=now
+                    rec,
+                    quality=default_quality,
+                    cost_usd=default_cost(rec, prices) if d.cost is None else d.cost,
+                    source="default",
+                    now=now,
                 )
-                self._append(st, ev.encode())
+                self._append(st, replace(ev, cost_estimated=d.cost is None).encode())
+                appended += 1
             self._tombstone(st, event_id, d)
-        if closed and default_quality is not None:
+        if appended:
             await self._notify(st)
         return closed
 
@@ -260,7 +325,7 @@ class MemoryStore(Store):
             if deadline >= now:
                 continue
             d = st.decisions.get(event_id)
-            count += d is not None and d.state == _OPEN and d.deadline == deadline
+            count += d is not None and d.state in (_OPEN, _PARKED) and d.deadline == deadline
             todo += [c for c in (2 * i + 1, 2 * i + 2) if c < len(st.due)]
         return count
 
@@ -323,6 +388,35 @@ class MemoryStore(Store):
 
     async def shadow_counts(self, policy: str) -> dict[str, float]:
         return dict(self._policy(policy).shadow)
+
+    # ---- session pins ------------------------------------------------------------
+    async def pin_session(
+        self, policy: str, session: str, event_id: str, model: str, turns: int, ttl_s: float
+    ) -> None:
+        check_pin(session, turns, ttl_s)
+        st = self._policy(policy)
+        if turns <= 1:
+            st.sessions.pop(session, None)
+            return
+        mono = time.monotonic()
+        st.sessions[session] = _Pin(event_id, model, 1, turns, ttl_s, mono + ttl_s)
+        if len(st.sessions) > st.sessions_mark:
+            # amortised: each sweep at least halves what is left to sweep next time
+            st.sessions = {k: p for k, p in st.sessions.items() if p.expire_at > mono}
+            st.sessions_mark = max(1024, 2 * len(st.sessions))
+
+    async def session_turn(self, policy: str, session: str) -> tuple[str, str, int] | None:
+        st = self._policy(policy)
+        pin = st.sessions.get(session)
+        mono = time.monotonic()
+        if pin is None or pin.expire_at <= mono or pin.turn >= pin.turns:
+            st.sessions.pop(session, None)
+            return None
+        pin.turn += 1
+        pin.expire_at = mono + pin.ttl_s
+        if pin.turn >= pin.turns:  # the last turn: nothing left to reuse
+            del st.sessions[session]
+        return pin.event_id, pin.model, pin.turn
 
     # ---- experiments ---------------------------------------------------------
     async def experiment_counts(
@@ -523,7 +617,7 @@ class MemoryStore(Store):
         live = len(st.decisions)
         if len(st.due) > 2 * live + 1024:
             st.due = [
-                (d.deadline, i) for i, d in st.decisions.items() if d.state == _OPEN
+                (d.deadline, i) for i, d in st.decisions.items() if d.state in (_OPEN, _PARKED)
             ]
             heapq.heapify(st.due)
         if len(st.expiry) > 2 * live + 1024:

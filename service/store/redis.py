@@ -5,12 +5,18 @@ Cluster keeps a policy on one shard and every script touches one slot):
 
     <prefix>:{<policy>}:d:<event_id>  hash: meta, x (DecisionRecord.encode()), deadline
                                       (unix s), tomb (ms), answered ("0" open, "1"
-                                      answered, "2" closed by the sweep); once answered
-                                      or closed a tombstone without meta and x that
-                                      expires at tomb = deadline + grace; while open at
-                                      tomb + SWEEP_MARGIN_S
-    <prefix>:{<policy>}:due           sorted set: open event ids scored by deadline
-    <prefix>:{<policy>}:stream        stream: feedback events (fields meta, x)
+                                      answered, "2" closed by the sweep, "3" quality
+                                      parked waiting for the cost), ac ("1": awaits its
+                                      cost), cost (the attached cost, USD), pq, pqq,
+                                      pqc, pu (the parked event's meta, quality, cost
+                                      and unit argument); once answered or closed a
+                                      tombstone without meta and x that expires at
+                                      tomb = deadline + grace; while open at tomb +
+                                      SWEEP_MARGIN_S
+    <prefix>:{<policy>}:due           sorted set: open (and parked) event ids scored by
+                                      deadline
+    <prefix>:{<policy>}:stream        stream: feedback events (fields meta, x, and cost
+                                      when a measured cost overrides meta's)
     <prefix>:{<policy>}:fbtotal       counter: events ever appended to the stream
     <prefix>:{<policy>}:snap          string: the published policy state
     <prefix>:{<policy>}:snapmeta      hash: version, last_id, applied, published_at,
@@ -27,6 +33,9 @@ Cluster keeps a policy on one shard and every script touches one slot):
     <prefix>:{<policy>}:xt:<exp>:<variant>   hash: unit -> its totals "D N Q C" (for the
                                       per-unit sums in the counters); expires
                                       unit_ttl_s after its last write
+    <prefix>:{<policy>}:s:<session>  hash: e (event_id), m (model), n (turns taken),
+                                      t (turns in all), ttl (ms): a session pin, expiring
+                                      ttl after its last turn
     <prefix>:models                   hash: model name -> ModelPrice as JSON
     <prefix>:experiments              hash: experiment name -> its config as JSON
 
@@ -65,16 +74,23 @@ from service.store.base import (
     Snapshot,
     Store,
     StoreUnavailable,
+    check_cost,
+    check_pin,
     check_policy_name,
     default_cost,
-    feedback_increments,
     parse_stream_id,
 )
 
 log = logging.getLogger("banditroute.store")
-# the Lua half of abstats.unit_decision / unit_feedback: a unit's totals "D N Q C"
-# and its pairwise products' increments written with 17 digits, so nothing is rounded
-_UNIT_LUA = """
+# The Lua shared by the scripts. unit_get/unit_put/incf: the Lua half of
+# abstats.unit_decision / unit_feedback: a unit's totals "D N Q C" and its pairwise
+# products' increments written with 17 digits, so nothing is rounded. count: what an
+# accepted event adds to its experiment variant (abstats.Sums.increments and
+# abstats.unit_feedback), computed here because the cost may be the one attached to
+# the decision rather than the caller's. settle: the decision answered, shrunk to its
+# tombstone. append: an event onto the stream and the decision log, with the measured
+# cost in a field of its own when it overrides the event's (FeedbackEvent.decode).
+_LIB_LUA = """
 local function unit_get(key, unit)
   local t = redis.call('HGET', key, unit)
   if not t then return nil end
@@ -87,6 +103,57 @@ local function unit_put(key, unit, ttl_ms, d, n, q, c)
 end
 local function incf(key, name, v)
   redis.call('HINCRBYFLOAT', key, name, string.format('%.17g', v))
+end
+-- unit: '' no experiment, 'a' anonymous, 'u:<id>'
+local function count(ckey, tkey, unit, q, c, ttl_ms)
+  if unit == '' then return end
+  incf(ckey, 'n', 1)
+  incf(ckey, 'sq', q)
+  incf(ckey, 'sq2', q * q)
+  incf(ckey, 'sc', c)
+  incf(ckey, 'sc2', c * c)
+  incf(ckey, 'sqc', q * c)
+  -- abstats.unit_feedback: an anonymous decision was a unit of its own, D = 1
+  local d, n, sq, sc = 1, 0, 0, 0
+  local id = nil
+  if unit ~= 'a' then
+    id = string.sub(unit, 3)
+    d, n, sq, sc = unit_get(tkey, id)
+    if not d then
+      d, n, sq, sc = 0, 0, 0, 0
+      redis.call('HINCRBY', ckey, 'u_units', 1)
+    end
+  end
+  if n == 0 then redis.call('HINCRBY', ckey, 'u_resp', 1) end
+  local q1, c1 = sq + q, sc + c
+  incf(ckey, 'u_n', 1)
+  incf(ckey, 'u_q', q)
+  incf(ckey, 'u_c', c)
+  incf(ckey, 'u_nn', 2 * n + 1)
+  incf(ckey, 'u_dn', d)
+  incf(ckey, 'u_nq', n * q + q1)
+  incf(ckey, 'u_nc', n * c + c1)
+  incf(ckey, 'u_qq', q * (2 * sq + q))
+  incf(ckey, 'u_qc', sq * c + q * c1)
+  incf(ckey, 'u_cc', c * (2 * sc + c))
+  if id then unit_put(tkey, id, ttl_ms, d, n + 1, q1, c1) end
+end
+local function settle(dkey, due, event_id, state)
+  redis.call('HSET', dkey, 'answered', state)
+  redis.call('HDEL', dkey, 'meta', 'x', 'pq', 'pqq', 'pqc', 'pu')
+  local tomb = redis.call('HGET', dkey, 'tomb')
+  if tomb then redis.call('PEXPIREAT', dkey, tomb) end
+  redis.call('ZREM', due, event_id)
+end
+local function append(stream, fbtotal, log, log_max, meta, x, cost)
+  if cost then
+    redis.call('XADD', stream, '*', 'meta', meta, 'x', x, 'cost', cost)
+    redis.call('XADD', log, 'MAXLEN', '~', log_max, '*', 'meta', meta, 'x', x, 'cost', cost)
+  else
+    redis.call('XADD', stream, '*', 'meta', meta, 'x', x)
+    redis.call('XADD', log, 'MAXLEN', '~', log_max, '*', 'meta', meta, 'x', x)
+  end
+  redis.call('INCR', fbtotal)
 end
 """
 
@@ -104,56 +171,57 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+# The decision hash's `answered`: "0" open, "1" answered (its event appended), "2"
+# closed by the sweep, "3" parked: its quality taken (pq: the event's meta, pqq its
+# quality, pqc its cost, pu its unit argument), waiting for the cost that will follow
+# (the record has `ac` = "1": DecisionRecord.awaits_cost). `cost`: the attached cost.
+
 # KEYS: decision, due, stream, fbtotal, log, counters, unit totals.
 # ARGV: now, event_id, meta, x, log_max, unit ("" no experiment, "a" anonymous, "u:<id>"),
-# quality, cost, unit_ttl_ms, then field, increment pairs for the counters.
-# Returns 1 accepted, 2 duplicate, 0 unknown (missing, closed or past the deadline).
+# quality, cost, unit_ttl_ms.
+# Returns 1 accepted, 2 duplicate, 0 unknown (missing, closed or past the deadline),
+# 3 parked. An attached cost overrides the event's.
 _SUBMIT = (
-    _UNIT_LUA
+    _LIB_LUA
     + """
 local answered = redis.call('HGET', KEYS[1], 'answered')
 if not answered then return 0 end
-if answered == '1' then return 2 end
+if answered == '1' or answered == '3' then return 2 end
 if answered ~= '0' then return 0 end
 if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then return 0 end
-redis.call('HSET', KEYS[1], 'answered', '1')
-redis.call('HDEL', KEYS[1], 'meta', 'x')
-local tomb = redis.call('HGET', KEYS[1], 'tomb')
-if tomb then redis.call('PEXPIREAT', KEYS[1], tomb) end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'meta', ARGV[3], 'x', ARGV[4])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'meta', ARGV[3], 'x', ARGV[4])
-redis.call('INCR', KEYS[4])
-for i = 10, #ARGV, 2 do
-  redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1])
+local cost = redis.call('HGET', KEYS[1], 'cost')
+if not cost and redis.call('HGET', KEYS[1], 'ac') == '1' then
+  redis.call('HSET', KEYS[1], 'answered', '3', 'pq', ARGV[3], 'pqq', ARGV[7],
+             'pqc', ARGV[8], 'pu', ARGV[6])
+  return 3
 end
-if ARGV[6] ~= '' then
-  -- abstats.unit_feedback: an anonymous decision was a unit of its own, D = 1
-  local q, c = tonumber(ARGV[7]), tonumber(ARGV[8])
-  local d, n, sq, sc = 1, 0, 0, 0
-  local unit = nil
-  if ARGV[6] ~= 'a' then
-    unit = string.sub(ARGV[6], 3)
-    d, n, sq, sc = unit_get(KEYS[7], unit)
-    if not d then
-      d, n, sq, sc = 0, 0, 0, 0
-      redis.call('HINCRBY', KEYS[6], 'u_units', 1)
-    end
-  end
-  if n == 0 then redis.call('HINCRBY', KEYS[6], 'u_resp', 1) end
-  local q1, c1 = sq + q, sc + c
-  incf(KEYS[6], 'u_n', 1)
-  incf(KEYS[6], 'u_q', q)
-  incf(KEYS[6], 'u_c', c)
-  incf(KEYS[6], 'u_nn', 2 * n + 1)
-  incf(KEYS[6], 'u_dn', d)
-  incf(KEYS[6], 'u_nq', n * q + q1)
-  incf(KEYS[6], 'u_nc', n * c + c1)
-  incf(KEYS[6], 'u_qq', q * (2 * sq + q))
-  incf(KEYS[6], 'u_qc', sq * c + q * c1)
-  incf(KEYS[6], 'u_cc', c * (2 * sc + c))
-  if unit then unit_put(KEYS[7], unit, ARGV[9], d, n + 1, q1, c1) end
+settle(KEYS[1], KEYS[2], ARGV[2], '1')
+append(KEYS[3], KEYS[4], KEYS[5], ARGV[5], ARGV[3], ARGV[4], cost)
+count(KEYS[6], KEYS[7], ARGV[6], tonumber(ARGV[7]), tonumber(cost or ARGV[8]), ARGV[9])
+return 1
+"""
+)
+
+# KEYS: decision, due, stream, fbtotal, log, counters, unit totals (of the decision's
+# experiment variant). ARGV: now, event_id, cost, log_max, unit_ttl_ms.
+# Returns 1 attached (and a parked quality appended with it), 2 duplicate (a cost
+# attached already, or the event appended), 0 unknown (missing, closed, past deadline).
+_ATTACH = (
+    _LIB_LUA
+    + """
+local answered = redis.call('HGET', KEYS[1], 'answered')
+if answered ~= '0' and answered ~= '1' and answered ~= '3' then return 0 end
+if answered == '1' or redis.call('HEXISTS', KEYS[1], 'cost') == 1 then return 2 end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then return 0 end
+if answered == '0' then
+  redis.call('HSET', KEYS[1], 'cost', ARGV[3])
+  return 1
 end
+local f = redis.call('HMGET', KEYS[1], 'pq', 'x', 'pqq', 'pu')
+redis.call('HSET', KEYS[1], 'cost', ARGV[3])
+settle(KEYS[1], KEYS[2], ARGV[2], '1')
+append(KEYS[3], KEYS[4], KEYS[5], ARGV[4], f[1], f[2], ARGV[3])
+count(KEYS[6], KEYS[7], f[4], tonumber(f[3]), tonumber(ARGV[3]), ARGV[5])
 return 1
 """
 )
@@ -161,7 +229,7 @@ return 1
 # KEYS: counters, unit totals. ARGV: unit ("" anonymous), unit_ttl_ms.
 # abstats.unit_decision: a decision's share of the variant's per-unit sums.
 _DECIDE = (
-    _UNIT_LUA
+    _LIB_LUA
     + """
 local d, n, q, c = nil, 0, 0, 0
 if ARGV[1] ~= '' then d, n, q, c = unit_get(KEYS[2], ARGV[1]) end
@@ -177,28 +245,53 @@ return 1
 """
 )
 
-# KEYS: decision, due, stream, fbtotal, log. ARGV: now, event_id, log_max[, meta, x].
+# KEYS: decision, due, stream, fbtotal, log, counters, unit totals.
+# ARGV: now, event_id, log_max, unit_ttl_ms[, meta, x of the default event].
 # Closes one open decision whose deadline passed, appending the default event if
-# given; returns 1 if it closed it. Drops ids of answered or vanished decisions
-# from `due`; leaves a decision re-put with a later deadline alone.
-_CLOSE = """
+# given (with the attached cost, when one was attached); a parked one gets its parked
+# event instead (its own cost) and counts as answered. Returns 1 if it closed it.
+# Drops ids of answered or vanished decisions from `due`; leaves a decision re-put
+# with a later deadline alone.
+_CLOSE = (
+    _LIB_LUA
+    + """
 local answered = redis.call('HGET', KEYS[1], 'answered')
-if answered ~= '0' then
+if answered ~= '0' and answered ~= '3' then
   redis.call('ZREM', KEYS[2], ARGV[2])
   return 0
 end
 if tonumber(redis.call('HGET', KEYS[1], 'deadline')) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'answered', '2')
-redis.call('HDEL', KEYS[1], 'meta', 'x')
-local tomb = redis.call('HGET', KEYS[1], 'tomb')
-if tomb then redis.call('PEXPIREAT', KEYS[1], tomb) end
-redis.call('ZREM', KEYS[2], ARGV[2])
-if #ARGV >= 5 then
-  redis.call('XADD', KEYS[3], '*', 'meta', ARGV[4], 'x', ARGV[5])
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'meta', ARGV[4], 'x', ARGV[5])
-  redis.call('INCR', KEYS[4])
+if answered == '3' then
+  local f = redis.call('HMGET', KEYS[1], 'pq', 'x', 'pqq', 'pqc', 'pu')
+  settle(KEYS[1], KEYS[2], ARGV[2], '1')
+  append(KEYS[3], KEYS[4], KEYS[5], ARGV[3], f[1], f[2], false)
+  count(KEYS[6], KEYS[7], f[5], tonumber(f[3]), tonumber(f[4]), ARGV[4])
+  return 1
 end
+local cost = redis.call('HGET', KEYS[1], 'cost')
+settle(KEYS[1], KEYS[2], ARGV[2], '2')
+if #ARGV >= 6 then append(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[5], ARGV[6], cost) end
 return 1
+"""
+)
+
+# KEYS: the session pin. Counts a turn: {event_id, model, turn} while turns are
+# left (refreshing the TTL; the last turn drops the pin), else nil.
+_SESSION_TURN = """
+local f = redis.call('HMGET', KEYS[1], 'e', 'm', 'n', 't', 'ttl')
+if not f[1] then return false end
+local n, t = tonumber(f[3]) + 1, tonumber(f[4])
+if n > t then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+if n == t then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'n', n)
+  redis.call('PEXPIRE', KEYS[1], f[5])
+end
+return {f[1], f[2], n}
 """
 
 # KEYS: snap, snapmeta, stream, lease.
@@ -245,7 +338,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-_OUTCOMES = {1: FeedbackOutcome.ACCEPTED, 2: FeedbackOutcome.DUPLICATE, 0: FeedbackOutcome.UNKNOWN}
+_OUTCOMES = {
+    1: FeedbackOutcome.ACCEPTED,
+    2: FeedbackOutcome.DUPLICATE,
+    0: FeedbackOutcome.UNKNOWN,
+    3: FeedbackOutcome.PARKED,
+}
 
 _MAX_SEQ = 2**64 - 1
 
@@ -314,6 +412,8 @@ class _Scripts:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.submit = client.register_script(_SUBMIT)
+        self.attach = client.register_script(_ATTACH)
+        self.session_turn = client.register_script(_SESSION_TURN)
         self.decide = client.register_script(_DECIDE)
         self.close = client.register_script(_CLOSE)
         self.publish = client.register_script(_PUBLISH)
@@ -341,6 +441,9 @@ class _Keys:
 
     def decision(self, event_id: str) -> str:
         return f"{self.base}:d:{event_id}"
+
+    def session(self, session: str) -> str:
+        return f"{self.base}:s:{session}"
 
     def counters(self, experiment: str | None, variant: str | None) -> str:
         return f"{self.base}:x:{experiment}:{variant}"
@@ -489,6 +592,8 @@ class RedisStore(Store):
             "tomb": str(int((rec.deadline + self.grace_s) * 1000)),
             "answered": "0",
         }
+        if rec.awaits_cost:
+            fields["ac"] = "1"
         # MULTI costs no extra round trip and never leaves a record without its TTL
         async with self._redis().pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
@@ -515,7 +620,7 @@ class RedisStore(Store):
         fields = cast(
             dict[bytes, bytes], await self._redis().hgetall(self._k(policy).decision(event_id))
         )
-        if not fields or fields.get(b"answered") != b"0" or b"meta" not in fields:
+        if not fields or fields.get(b"answered") not in (b"0", b"3") or b"meta" not in fields:
             return None
         rec = DecisionRecord.decode(fields)
         return None if now > rec.deadline else rec
@@ -523,7 +628,7 @@ class RedisStore(Store):
     @_reachable
     async def was_answered(self, policy: str, event_id: str) -> bool:
         key = self._k(policy).decision(event_id)
-        return await self._redis().hget(key, "answered") == b"1"
+        return await self._redis().hget(key, "answered") in (b"1", b"3")
 
     @_reachable
     async def submit_feedback(
@@ -536,12 +641,6 @@ class RedisStore(Store):
             )
         k = self._k(policy)
         enc = event.encode()
-        incr: list[Any] = []
-        unit = ""
-        if event.experiment is not None:
-            for name, value in feedback_increments(event).items():
-                incr += [name, repr(float(value))]
-            unit = "a" if event.unit is None else f"u:{event.unit}"
         code = await self._lua().submit(
             keys=[
                 k.decision(event_id),
@@ -558,12 +657,37 @@ class RedisStore(Store):
                 enc["meta"],
                 enc["x"],
                 self.log_max,
-                unit,
+                _unit_arg(event.experiment, event.unit),
                 repr(float(event.quality)),
                 repr(float(event.cost_usd)),
                 self._unit_ttl_ms,
-                *incr,
             ],
+        )
+        return _OUTCOMES[int(code)]
+
+    @_reachable
+    async def attach_cost(
+        self, policy: str, event_id: str, cost_usd: float, now: float
+    ) -> FeedbackOutcome:
+        cost = check_cost(cost_usd)
+        k = self._k(policy)
+        key = k.decision(event_id)
+        # the script may append a parked event, so it must be given the counters of the
+        # decision's experiment variant: read them first (a record's meta never changes)
+        raw = await self._redis().hget(key, "meta")
+        meta = json.loads(raw) if raw else {}
+        exp, variant = meta.get("experiment"), meta.get("variant")
+        code = await self._lua().attach(
+            keys=[
+                key,
+                k.due,
+                k.stream,
+                k.fbtotal,
+                k.log,
+                k.counters(exp, variant),
+                k.unit_totals(exp, variant),
+            ],
+            args=[repr(float(now)), event_id, repr(cost), self.log_max, self._unit_ttl_ms],
         )
         return _OUTCOMES[int(code)]
 
@@ -577,31 +701,36 @@ class RedisStore(Store):
         if not raw:
             return 0
         ids = [_text(i) for i in raw]
-        extra: list[list[bytes]] = [[] for _ in ids]
-        if default_quality is not None:
-            # the default event is the decision joined with the default quality:
-            # read the records, then each script re-checks before it appends
-            async with r.pipeline(transaction=False) as pipe:
-                for event_id in ids:
-                    pipe.hmget(k.decision(event_id), ["meta", "x"])
-                pipe.hgetall(self.models_key)
-                *records, raw_models = await pipe.execute()
-            prices = {_text(n): ModelPrice(**json.loads(v)) for n, v in raw_models.items()}
-            for i, (meta, x) in enumerate(records):
-                if meta is None or x is None:
-                    continue  # gone: the script just drops it from `due`
-                rec = DecisionRecord.decode({"meta": meta, "x": x})
-                cost = default_cost(rec, prices)
-                ev = FeedbackEvent.join(
-                    rec, quality=default_quality, cost_usd=cost, source="default", now=now
-                )
-                enc = ev.encode()
-                extra[i] = [enc["meta"], enc["x"]]
+        # the records first: each names its experiment's counters (a parked quality is
+        # counted when the sweep appends it) and makes the default event; each script
+        # then re-checks before it closes or appends
         async with r.pipeline(transaction=False) as pipe:
-            for event_id, more in zip(ids, extra, strict=True):
+            for event_id in ids:
+                pipe.hmget(k.decision(event_id), ["meta", "x", "cost"])
+            pipe.hgetall(self.models_key)
+            *records, raw_models = await pipe.execute()
+        prices = {_text(n): ModelPrice(**json.loads(v)) for n, v in raw_models.items()}
+        async with r.pipeline(transaction=False) as pipe:
+            for event_id, (meta, x, cost) in zip(ids, records, strict=True):
+                counters, totals, more = k.counters(None, None), k.unit_totals(None, None), []
+                if meta is not None and x is not None:  # else gone: dropped from `due`
+                    rec = DecisionRecord.decode({"meta": meta, "x": x, "cost": cost})
+                    counters = k.counters(rec.experiment, rec.variant)
+                    totals = k.unit_totals(rec.experiment, rec.variant)
+                    if default_quality is not None:
+                        enc = _default_event(rec, default_quality, prices, now).encode()
+                        more = [enc["meta"], enc["x"]]
                 await self._lua().close(
-                    keys=[k.decision(event_id), k.due, k.stream, k.fbtotal, k.log],
-                    args=[repr(float(now)), event_id, self.log_max, *more],
+                    keys=[
+                        k.decision(event_id),
+                        k.due,
+                        k.stream,
+                        k.fbtotal,
+                        k.log,
+                        counters,
+                        totals,
+                    ],
+                    args=[repr(float(now)), event_id, self.log_max, self._unit_ttl_ms, *more],
                     client=pipe,
                 )
             closed = await pipe.execute()
@@ -700,6 +829,31 @@ class RedisStore(Store):
     async def shadow_counts(self, policy: str) -> dict[str, float]:
         raw = await self._redis().hgetall(self._k(policy).shadow)
         return {_text(f): float(v) for f, v in raw.items()}
+
+    # ---- session pins ------------------------------------------------------------
+    @_reachable
+    async def pin_session(
+        self, policy: str, session: str, event_id: str, model: str, turns: int, ttl_s: float
+    ) -> None:
+        check_pin(session, turns, ttl_s)
+        key = self._k(policy).session(session)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if turns > 1:
+                pipe.hset(
+                    key, mapping={"e": event_id, "m": model, "n": 1, "t": turns, "ttl": ttl_ms}
+                )
+                pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
+    @_reachable
+    async def session_turn(self, policy: str, session: str) -> tuple[str, str, int] | None:
+        got = await self._lua().session_turn(keys=[self._k(policy).session(session)], args=[])
+        if got is None:
+            return None
+        event_id, model, turn = got
+        return _text(event_id), _text(model), int(turn)
 
     # ---- experiments ---------------------------------------------------------
     @_reachable
@@ -886,6 +1040,24 @@ class RedisStore(Store):
                 await client.aclose()
             except _UNREACHABLE:
                 pass
+
+
+def _unit_arg(experiment: str | None, unit: str | None) -> str:
+    """The scripts' unit argument: "" no experiment, "a" anonymous, "u:<id>"."""
+    if experiment is None:
+        return ""
+    return "a" if unit is None else f"u:{unit}"
+
+
+def _default_event(
+    rec: DecisionRecord, quality: float, prices: dict[str, ModelPrice], now: float
+) -> FeedbackEvent:
+    """The default reward of a decision that expired unanswered: with its attached cost
+    if it has one (the close script adds it too, in case it came after this read),
+    else with the imputed one, flagged as estimated."""
+    cost = default_cost(rec, prices) if rec.cost_usd is None else rec.cost_usd
+    ev = FeedbackEvent.join(rec, quality=quality, cost_usd=cost, source="default", now=now)
+    return replace(ev, cost_estimated=rec.cost_usd is None)
 
 
 def _text(value: bytes | str | Any) -> str:

@@ -104,7 +104,9 @@ def _prompt_tokens(req: ChatCompletionRequest) -> int:
         if isinstance(c, str):
             chars += len(c)
         elif isinstance(c, list):
-            chars += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
+            chars += sum(
+                len(p["text"]) for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
     return max(1, chars // 4)
 
 
@@ -249,10 +251,13 @@ async def _pinned(
     up = gw.pool.get(model)
     if up is None or model not in candidates:
         return None
+    # machine feedback on a pinned turn waits from this turn on: the user then has at
+    # least the whole wait to rate the session's event
     return Serving(
         model=model,
         upstream=up,
         event_id=event_id,
+        created_at=time.time(),
         policy=name,
         turn=turn,
         prompt_tokens=prompt_tokens,
@@ -289,8 +294,12 @@ async def _open(rt: Runtime, up: Upstream, req: ChatCompletionRequest) -> Opened
         return _failed(rt, up, Failure("connect", 502, f"upstream unreachable ({exc})"))
     code = resp.status_code
     if code == 429 or code >= 500:
-        body = (await resp.aread())[:1000].decode("utf-8", "replace")
-        await resp.aclose()
+        try:
+            body = (await resp.aread())[:1000].decode("utf-8", "replace")
+        except httpx.HTTPError as exc:
+            body = f"(its body could not be read: {type(exc).__name__})"
+        finally:
+            await resp.aclose()
         kind = "429" if code == 429 else "5xx"
         return _failed(rt, up, Failure(kind, code, body, resp.headers.get("retry-after")))
     return Opened(resp, started)
@@ -342,8 +351,13 @@ async def _answer(
             media_type="text/event-stream",
             headers={**serving.headers(), "cache-control": "no-cache"},
         )
-    if req.stream:
-        await resp.aread()
+    if req.stream:  # a stream the upstream answered with an error status
+        try:
+            await resp.aread()
+        except httpx.HTTPError:
+            pass
+        finally:
+            await resp.aclose()
     elapsed = time.perf_counter() - opened.started
     m = rt.metrics
     try:
@@ -433,68 +447,84 @@ async def _relay(
     parts: list[str] = []
     chunks = 0
     usage: Usage | None = None
-    held: dict[str, Any] | None = None
-    done = first = False
+    cost: float | None = None
+    held: list[dict[str, Any]] = []  # finish chunks (one per choice) awaiting the usage
+    done = broke = first = False
     try:
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            if not first:
-                first = True
-                m.upstream_seconds.labels(serving.model, "ttft").observe(
-                    time.perf_counter() - started
-                )
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                yield f"data: {payload}\n\n".encode()
-                continue
-            chunk["model"] = serving.model
-            for choice in chunk.get("choices") or ():
-                delta = (choice or {}).get("delta") or {}
-                if delta.get("content"):
-                    chunks += 1
-                    parts.append(str(delta["content"]))
-            parsed = Usage.parse(chunk.get("usage"))
-            if parsed is not None:
-                usage = parsed
-                cost = await _settle(rt, serving, usage, chunks)
-                if not req.wants_usage:
-                    if held is not None:
-                        held["banditroute"] = serving.meta(cost)
-                        yield _sse(held)
-                        held = None
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
                     continue
-                chunk["banditroute"] = serving.meta(cost)
-            elif not req.wants_usage and any(
-                (c or {}).get("finish_reason") for c in chunk.get("choices") or ()
-            ):
-                held = chunk
-                continue
-            yield _sse(chunk)
-        if held is not None:  # an upstream that sent no usage
-            held["banditroute"] = serving.meta(None)
-            yield _sse(held)
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                if not first:
+                    first = True
+                    m.upstream_seconds.labels(serving.model, "ttft").observe(
+                        time.perf_counter() - started
+                    )
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    yield f"data: {payload}\n\n".encode()
+                    continue
+                if not isinstance(chunk, dict):
+                    yield f"data: {payload}\n\n".encode()
+                    continue
+                chunk["model"] = serving.model
+                choices = chunk.get("choices") or ()
+                for choice in choices:
+                    delta = (choice or {}).get("delta") or {}
+                    if delta.get("content"):
+                        chunks += 1
+                        parts.append(str(delta["content"]))
+                parsed = Usage.parse(chunk.get("usage"))
+                if parsed is not None:
+                    # shielded: a client that leaves now must not cancel the cost's attach
+                    with anyio.CancelScope(shield=True):
+                        cost = await _settle(rt, serving, parsed, chunks)
+                    usage = parsed
+                    if not req.wants_usage:
+                        chunk.pop("usage", None)
+                        for h in held:
+                            h["banditroute"] = serving.meta(cost)
+                            yield _sse(h)
+                        held = []
+                        if not choices:
+                            continue
+                    chunk["banditroute"] = serving.meta(cost)
+                elif not req.wants_usage and any((c or {}).get("finish_reason") for c in choices):
+                    held.append(chunk)
+                    continue
+                yield _sse(chunk)
+        except httpx.HTTPError as exc:
+            # the upstream broke mid-stream: bytes were sent, so no fallback; the client
+            # gets an error event and a proper end rather than a cut connection
+            broke = True
+            log.warning("upstream %s broke mid-stream: %s", serving.model, exc)
+            error = {"message": f"the upstream stream broke ({type(exc).__name__})"}
+            yield _sse({"error": {**error, "type": "upstream_error"}})
+        for h in held:  # an upstream that sent no usage
+            h["banditroute"] = serving.meta(cost)
+            yield _sse(h)
         yield b"data: [DONE]\n\n"
         done = True
     finally:
         with anyio.CancelScope(shield=True):
             await resp.aclose()
         m.upstream_seconds.labels(serving.model, "total").observe(time.perf_counter() - started)
-        if done:
+        if usage is None:
+            # what was generated is paid for and learned, however the stream ended
+            gw.spawn(_settle(rt, serving, None, chunks))
+        if done and not broke:
             m.upstream_calls.labels(serving.model, "ok").inc()
-            if usage is None:
-                gw.spawn(_settle(rt, serving, None, chunks))
             _after_answer(gw, serving, text, "".join(parts), ext)
         else:
-            # the client left mid-stream: the upstream call is cancelled (closed above)
-            # and what it generated so far is still paid for and learned
-            m.upstream_calls.labels(serving.model, "disconnected").inc()
-            if usage is None:
-                gw.spawn(_settle(rt, serving, None, chunks))
+            # the client left mid-stream (the upstream call is cancelled: closed above),
+            # or the upstream broke
+            m.upstream_calls.labels(
+                serving.model, "stream_error" if broke else "disconnected"
+            ).inc()
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:

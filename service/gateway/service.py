@@ -54,6 +54,8 @@ class Gateway:
 
     async def close(self) -> None:
         if self._background:
-            await asyncio.wait(list(self._background), timeout=5)
+            _, late = await asyncio.wait(list(self._background), timeout=5)
+            for task in late:
+                task.cancel()
         await self.deferred.close()
         await self.pool.close()

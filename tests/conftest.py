@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
 from service.embedder import Embedder
 from service.runtime import single_threaded_blas
+from tests.service_helpers import REDIS_URL, drop_prefix, make_settings, redis_up
 
 # the same numeric settings as every entry point, so tests run the shipped configuration
 single_threaded_blas()
@@ -17,3 +24,23 @@ def embedder() -> Embedder:
     emb = Embedder()
     emb.load()
     return emb
+
+
+@pytest.fixture(params=["memory", "redis"])
+def client(
+    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
+) -> Iterator[TestClient]:
+    """The real app through TestClient, on the in-process store and on the shared
+    Redis (under a key prefix of its own, dropped afterwards)."""
+    overrides: dict[str, Any] = {}
+    if request.param == "redis":
+        if not redis_up():
+            pytest.fail(f"no Redis answers at {REDIS_URL}; CI starts one")
+        overrides["redis_url"] = REDIS_URL
+    settings = make_settings(tmp_path, **overrides)
+    try:
+        with TestClient(create_app(settings, embedder=embedder)) as c:
+            yield c
+    finally:
+        if request.param == "redis":
+            drop_prefix(settings.key_prefix)

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.embedder import Embedder
 from service.settings import ModelConfig, PolicyConfig
-from tests.service_helpers import REDIS_URL, data_file, drop_prefix, make_settings, redis_up
+from tests.service_helpers import data_file, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -35,22 +35,6 @@ def embedder() -> Embedder:
     return emb
 
 
-@pytest.fixture(params=["memory", "redis"])
-def client(
-    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
-) -> Iterator[TestClient]:
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        if not redis_up():
-            pytest.fail(f"no Redis answers at {REDIS_URL}; CI starts one")
-        overrides["redis_url"] = REDIS_URL
-    settings = make_settings(tmp_path, **overrides)
-    try:
-        with TestClient(create_app(settings, embedder=embedder)) as c:
-            yield c
-    finally:
-        if request.param == "redis":
-            drop_prefix(settings.key_prefix)
 
 
 def _route(c: TestClient, query: str = "What is the capital of France?", **extra: Any) -> Any:

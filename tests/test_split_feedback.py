@@ -26,7 +26,6 @@ import redis
 from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
-from service.app import create_app
 from service.batcher import FeatureBatcher
 from service.embedder import Embedder
 from service.metrics import Metrics
@@ -560,22 +559,6 @@ def embedder() -> Embedder:
     return emb
 
 
-@pytest.fixture(params=["memory", "redis"])
-def client(
-    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
-) -> Iterator[TestClient]:
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        if not redis_up():
-            pytest.fail(f"no Redis answers at {REDIS_URL}; CI starts one")
-        overrides["redis_url"] = REDIS_URL
-    settings = make_settings(tmp_path, **overrides)
-    try:
-        with TestClient(create_app(settings, embedder=embedder)) as c:
-            yield c
-    finally:
-        if request.param == "redis":
-            drop_prefix(settings.key_prefix)
 
 
 def _route(c: TestClient, query: str, **extra: Any) -> str:

@@ -87,3 +87,31 @@ def test_implicit_signals_read_the_session_and_are_off_by_default() -> None:
     assert on.on_request("other", "And 3+3?") is None  # sessions are apart
     assert on.refusal("I can't help with that.") == 0.1
     assert on.refusal("4") is None
+
+
+def test_plain_stream_chunks_are_relayed_with_the_catalogue_name_unparsed() -> None:
+    from service.gateway.proxy import _FastChunks
+
+    fast = _FastChunks("up-model", "small", needs_text=False)
+    line, content = fast.plain(
+        '{"id":"c1","model":"up-model","choices":[{"index":0,"delta":{"content":"Hi"}}]}'
+    ) or (b"", -1)
+    assert line == (
+        b'data: {"id":"c1","model":"small","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    )
+    assert content == 1
+    role = fast.plain(
+        '{"model": "up-model", "choices": [{"delta": {"role": "assistant", "content": ""}}]}'
+    )
+    assert role is not None and role[1] == 0 and b'"model": "small"' in role[0]
+    # usage, a finish reason, the name inside the content, another layout: parsed instead
+    assert fast.plain('{"model":"up-model","choices":[],"usage":{"prompt_tokens":1}}') is None
+    assert fast.plain('{"model":"up-model","choices":[{"finish_reason":"stop"}]}') is None
+    assert (
+        fast.plain(
+            '{"model":"up-model","choices":[{"delta":{"content":"\\"model\\":\\"up-model\\""}}]}'
+        )
+        is not None
+    )
+    assert fast.plain('{"model" : "up-model"}') is None
+    assert _FastChunks("up-model", "small", needs_text=True).plain('{"model":"up-model"}') is None

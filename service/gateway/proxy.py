@@ -450,6 +450,9 @@ async def _relay(
     cost: float | None = None
     held: list[dict[str, Any]] = []  # finish chunks (one per choice) awaiting the usage
     done = broke = first = False
+    # the judge and the implicit signals read the answer's text: then every chunk is
+    # parsed; otherwise only the few that carry usage or a finish reason
+    fast = _FastChunks(serving.upstream.upstream_model, serving.model, gw.needs_text)
     try:
         try:
             async for line in resp.aiter_lines():
@@ -463,6 +466,11 @@ async def _relay(
                     m.upstream_seconds.labels(serving.model, "ttft").observe(
                         time.perf_counter() - started
                     )
+                plain = fast.plain(payload)
+                if plain is not None:
+                    chunks += plain[1]
+                    yield plain[0]
+                    continue
                 try:
                     chunk = json.loads(payload)
                 except ValueError:
@@ -525,6 +533,42 @@ async def _relay(
             m.upstream_calls.labels(
                 serving.model, "stream_error" if broke else "disconnected"
             ).inc()
+
+
+class _FastChunks:
+    """Relays an ordinary content chunk without parsing it: the upstream's model name
+    swapped for the catalogue's by a byte replace, a content delta counted by its
+    shape. A chunk it cannot vouch for (usage, a finish reason, another layout) is left
+    to the JSON path."""
+
+    def __init__(self, upstream_model: str, model: str, needs_text: bool) -> None:
+        self.enabled = not needs_text
+        name, ours = json.dumps(upstream_model), json.dumps(model)
+        self.swaps = [
+            (f'"model":{name}', f'"model":{ours}'),
+            (f'"model": {name}', f'"model": {ours}'),
+        ]
+
+    def plain(self, payload: str) -> tuple[bytes, int] | None:
+        """(the SSE line to send, 1 if it carries content else 0), or None."""
+        if not self.enabled or '"usage":{' in payload or '"usage": {' in payload:
+            return None
+        if '"finish_reason":"' in payload or '"finish_reason": "' in payload:
+            return None
+        for theirs, ours in self.swaps:
+            if theirs in payload:
+                if payload.count(theirs) != 1:
+                    return None  # the name also occurs in the content: parse
+                swapped = payload.replace(theirs, ours)
+                break
+        else:
+            return None
+        empty = any(e in payload for e in _EMPTY_CONTENT)
+        content = 0 if empty or '"content"' not in payload else 1
+        return f"data: {swapped}\n\n".encode(), content
+
+
+_EMPTY_CONTENT = ('"content":""', '"content": ""', '"content":null', '"content": null')
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:

@@ -39,6 +39,8 @@ class Gateway:
             rng = random.Random(cfg.judge.seed)
             self.judge = Judge(cfg.judge, rt, self.pool, self.deferred, rng)
         self.implicit = Implicit(cfg.implicit)
+        # whether answers' text is read (by the judge or the implicit signals)
+        self.needs_text = self.judge is not None or self.implicit.enabled
         self._background: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

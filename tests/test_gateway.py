@@ -279,6 +279,35 @@ def test_a_429_falls_back_to_the_next_candidate_with_both_outcomes_logged(
         assert "tried" in str(err.value)
 
 
+def test_a_stream_falls_back_before_its_first_byte(
+    tmp_path: Path, embedder: Embedder, upstreams: dict[str, Upstream]
+) -> None:
+    upstreams["large"].configure(status=503)
+    s = settings(tmp_path, upstreams, weights={"small": 1, "medium": 0, "large": 9})
+    with serve_app(create_app(s, embedder=embedder)) as srv:
+        client = client_of(srv)
+        for _ in range(5):
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=QUESTION, stream=True
+            )
+            chunks = list(raw.parse())
+            assert raw.headers["x-banditroute-model"] == "small"
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            meta = (chunks[-1].model_extra or {})["banditroute"]
+            assert meta["model"] == "small" and meta["cost_usd"] > 0
+            if raw.headers.get("x-banditroute-fallbacks") == "1":
+                # over the candidates left, small is the only one with weight: p = 1
+                assert meta["propensity"] == pytest.approx(1.0)
+        failed = [e for e in log_of(srv) if e["source"] == "upstream_error"]
+        assert failed and all(e["model"] == "large" for e in failed)
+        # the only candidates left have no chance: the client gets the failure, not a 422
+        s2 = settings(tmp_path / "b", upstreams, weights={"small": 0, "medium": 0, "large": 1})
+    with serve_app(create_app(s2, embedder=embedder)) as srv:
+        with pytest.raises(openai.APIStatusError) as err:
+            client_of(srv).chat.completions.create(model="auto", messages=QUESTION)
+        assert err.value.status_code == 503
+
+
 # ---- the judge ------------------------------------------------------------------
 
 

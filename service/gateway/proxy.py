@@ -175,20 +175,25 @@ async def _routed(
             break
         # each try is a decision of its own over the candidates not yet failed, logged
         # with its propensity there: the first over all, a fallback over the rest
-        routed = await decide(
-            rt,
-            text,
-            x,
-            name,
-            serving,
-            left,
-            ext.cost_weight,
-            experiment=exp,
-            variant=variant,
-            unit=unit,
-            awaits_cost=req.stream,
-            prompt_tokens=prompt_tokens,
-        )
+        try:
+            routed = await decide(
+                rt,
+                text,
+                x,
+                name,
+                serving,
+                left,
+                ext.cost_weight,
+                experiment=exp,
+                variant=variant,
+                unit=unit,
+                awaits_cost=req.stream,
+                prompt_tokens=prompt_tokens,
+            )
+        except HTTPException:
+            if last is None:
+                raise
+            break  # the policy gives the models left no chance (e.g. weight 0): stop here
         up = gw.pool.get(routed.model)
         assert up is not None
         current = _serving(routed, up, len(failed), prompt_tokens)

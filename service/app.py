@@ -30,6 +30,7 @@ from service.deps import DocsAuth, _role, require_admin
 from service.embedder import Embedder
 from service.experiments import ExperimentConfig
 from service.features import Featurizer
+from service.gateway.cascade import cascade_prices
 from service.gateway.config import UpstreamConfig
 from service.gateway.service import Gateway
 from service.gateway.upstreams import MissingKey, check_keys
@@ -160,7 +161,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         catalogue_confirmed=catalogue_confirmed,
         experiments=await _experiments(settings, st),
     )
-    rt.gateway = Gateway(settings.gateway, upstreams, rt)
+    rt.gateway = Gateway(settings.gateway, upstreams, rt, privacy=settings.privacy)
     if rt.gateway.judge is not None:
         rt.tasks.append(asyncio.create_task(rt.gateway.judge.run(rt.stop), name="judge"))
     batcher.start()
@@ -191,9 +192,10 @@ def _fresh(name: str, cfg: PolicyConfig, rt: Runtime, dim: int) -> Policy:
 async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPrice], bool]:
     """The model catalogue, and whether it was read from the store (False: the
     configured one, as a stand-in while the store is down)."""
-    configured = {
-        m.name: m.price() for m in settings.models
-    }
+    configured = {m.name: m.price() for m in settings.models}
+    # cascade arms are models of the catalogue too (the policy chooses among them)
+    cascades = cascade_prices(settings.gateway.cascades, configured)
+    configured.update(cascades)
     try:
         stored = await st.get_models()
         if not stored:
@@ -202,6 +204,10 @@ async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPric
             for price in configured.values():
                 await st.put_model(price)
             stored = dict(configured)
+        for name, price in cascades.items():
+            if stored.get(name) != price:  # added or changed in the config since
+                await st.put_model(price)
+                stored[name] = price
         return dict(stored), True
     except StoreUnavailable:
         log.warning("store unreachable at start-up: serving the configured catalogue")

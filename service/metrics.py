@@ -104,3 +104,9 @@ class Metrics:
             ["source", "outcome"],
             registry=self.registry,
         )
+        self.cascades = Counter(
+            "banditroute_cascade_total",
+            "Cascade arms served, by whether the first answer was escalated",
+            ["cascade", "escalated"],
+            registry=self.registry,
+        )

@@ -88,6 +88,7 @@ async def decide(
     unit: str | None = None,
     awaits_cost: bool = False,
     prompt_tokens: int | None = None,
+    restricted: list[str] | None = None,
 ) -> Routed:
     """Choose among `candidates` for context `x` (shape (dim,)) and log the decision
     with its propensity. A PolicyError (e.g. no usable candidate) is a 422; a store
@@ -117,6 +118,7 @@ async def decide(
         unit=unit,
         shadows={s: (m, p) for s, (m, p, _) in shadows.items()} or None,
         awaits_cost=awaits_cost,
+        restricted=restricted,
     )
     try:
         seen = await rt.store.put_decision(rec)

@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 from service.experiments import ExperimentConfig
 from service.gateway.config import GatewayConfig, UpstreamConfig
+from service.privacy.rules import PrivacyConfig
 from service.store.base import ModelPrice
 
 
@@ -37,6 +38,8 @@ class ModelConfig(BaseModel):
     cached_input_per_m: float | None = Field(default=None, ge=0)
     # where the gateway calls it (POST /v1/chat/completions); None: route only
     upstream: UpstreamConfig | None = None
+    # what privacy rules read (`local`, `eu`, `cloud`, ...)
+    tags: list[str] = Field(default_factory=list)
 
     def price(self) -> ModelPrice:
         """The catalogue entry, with the prior the policies start this model from."""
@@ -46,6 +49,7 @@ class ModelConfig(BaseModel):
             "prior_quality": self.prior_quality,
             "prior_strength": self.prior_strength,
             "cached_input_per_m": self.cached_input_per_m,
+            "tags": list(self.tags),
         }
         return ModelPrice(self.name, self.input_per_m, self.output_per_m, meta)
 
@@ -116,6 +120,8 @@ class Settings(BaseSettings):
 
     # the OpenAI-compatible gateway (service/gateway/)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    # where sensitive data may go (service/privacy/rules.py)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     max_query_chars: int = Field(default=100_000, ge=1)
     max_candidates: int = Field(default=64, ge=1)
@@ -156,6 +162,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_experiment: {self.default_experiment!r} is not among experiments {exps}"
             )
+        upstreamed = {m.name for m in self.models if m.upstream is not None}
+        for i, c in enumerate(self.gateway.cascades):
+            where = f"gateway.cascades[{i}]"
+            for field in ("first", "then"):
+                if self.models and getattr(c, field) not in upstreamed:
+                    raise ValueError(
+                        f"{where}.{field}: {getattr(c, field)!r} is not a configured model "
+                        f"with an upstream (those with one: {sorted(upstreamed)})"
+                    )
+            if c.name in names:
+                raise ValueError(f"{where}.name: {c.name!r} is also a model's name")
+            grader = c.judge_model
+            if grader is not None and self.models and grader not in upstreamed:
+                raise ValueError(
+                    f"{where}.judge_model: {grader!r} is not a configured model with an upstream"
+                )
         judge = self.gateway.judge
         if judge is not None and self.models:
             upstreams = {m.name for m in self.models if m.upstream is not None}
@@ -163,6 +185,15 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"gateway.judge.model: {judge.model!r} is not a configured model with "
                     f"an upstream (those with one: {sorted(upstreams)})"
+                )
+        fallback = self.privacy.fallback_model
+        if fallback is not None and self.models:
+            allowed = {t for r in self.privacy.rules for t in r.allow_tags}
+            tagged = {m.name for m in self.models if allowed & set(m.tags)}
+            if fallback not in tagged:
+                raise ValueError(
+                    f"privacy.fallback_model: {fallback!r} is not a configured model with an "
+                    f"allowed tag {sorted(allowed)} (those with one: {sorted(tagged)})"
                 )
         if self.fallback_model is not None and self.models and self.fallback_model not in names:
             raise ValueError(f"fallback_model: {self.fallback_model!r} is not a configured model")

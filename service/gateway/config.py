@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -62,8 +64,29 @@ class GatewayConfig(BaseModel):
     session_from_user: bool = True
     session_ttl_s: float = Field(default=1800.0, gt=0)
     judge: JudgeConfig | None = None
+    # cascade arms the policy chooses like models (see service/gateway/cascade.py)
+    cascades: list[CascadeConfig] = Field(default_factory=list)
     # machine-made feedback (the judge's grade, implicit signals) is applied only if no
     # user feedback arrived this long after the decision: the user's takes precedence,
     # and exactly one outcome is learned per event
     feedback_wait_s: float = Field(default=60.0, ge=0)
     implicit: ImplicitConfig = Field(default_factory=ImplicitConfig)
+
+
+class CascadeConfig(BaseModel):
+    """A cascade arm: `first` answers; when its answer's confidence is below
+    `threshold`, `then` answers instead. The policy chooses it like a model."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")
+    first: str = Field(min_length=1)
+    then: str = Field(min_length=1)
+    threshold: float = Field(ge=0, le=1)
+    # judge: a catalogue model grades the first answer (1-10 -> [0, 1]);
+    # agreement: the first model is sampled twice, confidence = the answers' overlap;
+    # logprobs: the first answer's mean token probability (upstreams that return them)
+    confidence: Literal["judge", "agreement", "logprobs"] = "judge"
+    # the grader for confidence = "judge" (default: the gateway's judge model)
+    judge_model: str | None = None
+
+
+GatewayConfig.model_rebuild()

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -18,11 +18,16 @@ from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.embedder import text_from_messages
+from service.gateway.cascade import as_stream
+from service.gateway.cascade import run as run_cascade
+from service.gateway.config import CascadeConfig
 from service.gateway.pricing import Usage, call_cost
 from service.gateway.request import ChatCompletionRequest, Extensions, extensions, resolve
 from service.gateway.service import Gateway
 from service.gateway.upstreams import Upstream
 from service.outcomes import apply_cost, apply_quality
+from service.privacy.guard import all_text, tags_of
+from service.privacy.rules import Restriction
 from service.routing import Routed, decide, resolve_policy
 from service.runtime_state import Runtime
 from service.store.base import StoreUnavailable
@@ -62,6 +67,7 @@ class Serving:
     propensity: float | None = None
     turn: int | None = None  # the session turn, for a pinned session's later turns
     prompt_tokens: int = 1  # the route-time estimate, for a stream cut before its usage
+    restricted: tuple[str, ...] = ()  # the sensitive entity types that restricted it
     degraded: bool = False
     fallbacks: int = 0
 
@@ -79,6 +85,8 @@ class Serving:
             h[HEADER + "degraded"] = "true"
         if self.fallbacks:
             h[HEADER + "fallbacks"] = str(self.fallbacks)
+        if self.restricted:
+            h[HEADER + "restricted"] = ",".join(self.restricted)
         if cost is not None:
             h[HEADER + "cost-usd"] = repr(cost)
         return h
@@ -126,15 +134,39 @@ async def chat(rt: Runtime, gw: Gateway, req: ChatCompletionRequest, request: Re
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"messages: {len(text)} characters exceeds the limit of {rt.settings.max_query_chars}",
         )
+    guard = await gw.privacy.check(rt.store, all_text(req.messages), ext.sensitive, ext.session)
     if target.model is not None:  # a named model: no routing, nothing learned
-        up = gw.pool.get(target.model)
-        assert up is not None
-        direct = Serving(target.model, up, prompt_tokens=_prompt_tokens(req))
-        opened = await _open(rt, up, req)
-        if isinstance(opened, Failure):
-            return _failure_response(opened, direct)
-        return await _answer(rt, gw, req, opened, direct, text, ext)
-    return await _routed(rt, gw, req, text, ext, target.policy, target.experiment)
+        if not guard.allowed([target.model], tags_of(rt.catalogue)):
+            _refuse(guard, f"model {target.model!r} is not allowed for them")
+        return await _direct(rt, gw, req, target.model, text, ext, guard)
+    return await _routed(rt, gw, req, text, ext, target.policy, target.experiment, guard)
+
+
+async def _direct(
+    rt: Runtime,
+    gw: Gateway,
+    req: ChatCompletionRequest,
+    model: str,
+    text: str,
+    ext: Extensions,
+    guard: Restriction,
+) -> Response:
+    up = gw.pool.get(model)
+    assert up is not None
+    restricted = guard.entities if guard.applies else ()
+    direct = Serving(model, up, prompt_tokens=_prompt_tokens(req), restricted=restricted)
+    opened = await _open(rt, up, req)
+    if isinstance(opened, Failure):
+        return _failure_response(opened, direct)
+    return await _answer(rt, gw, req, opened, direct, text, ext)
+
+
+def _refuse(guard: Restriction, why: str) -> NoReturn:
+    raise HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        f"messages: the conversation carries sensitive data ({', '.join(guard.entities)}) "
+        f"that only models tagged {sorted(guard.allow_tags or ())} may see; {why}",
+    )
 
 
 async def _routed(
@@ -145,15 +177,26 @@ async def _routed(
     ext: Extensions,
     policy: str | None,
     experiment: str | None,
+    guard: Restriction,
 ) -> Response:
     name, serving, exp, variant, unit = resolve_policy(rt, policy, experiment, ext.unit)
-    candidates = [m for m in gw.pool.models if m in rt.catalogue and m in serving.policy.models]
+    known = set(serving.policy.models)
+    candidates = [m for m in gw.pool.models if m in rt.catalogue and m in known]
+    candidates += [c for c in gw.cascades if c in rt.catalogue and c in known]
     if not candidates:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"model: no model of router {name!r} has an upstream configured "
             "([models.upstream] in the config)",
         )
+    if guard.applies:
+        # restricted before the policy chooses: no fallback or pin can leave the set
+        candidates = guard.allowed(candidates, tags_of(rt.catalogue))
+        if not candidates:
+            fallback = gw.privacy.cfg.fallback_model
+            if fallback is not None and gw.pool.get(fallback) is not None:
+                return await _direct(rt, gw, req, fallback, text, ext, guard)
+            _refuse(guard, f"router {name!r} has no such model")
     if ext.session is not None and gw.implicit.enabled:
         signal = gw.implicit.on_request(ext.session, text)
         if signal is not None:
@@ -189,14 +232,25 @@ async def _routed(
                 unit=unit,
                 awaits_cost=req.stream,
                 prompt_tokens=prompt_tokens,
+                restricted=list(guard.entities) if guard.applies else None,
             )
         except HTTPException:
             if last is None:
                 raise
             break  # the policy gives the models left no chance (e.g. weight 0): stop here
+        cascade = gw.cascades.get(routed.model)
+        if cascade is not None:
+            done = await _cascade(rt, gw, req, cascade, routed, text, ext, len(failed), guard)
+            if done is not None:
+                return done
+            failed.append(routed.model)
+            last = Failure("5xx", 502, f"cascade {routed.model} failed")
+            await _record_failure(rt, gw, routed)
+            continue
         up = gw.pool.get(routed.model)
         assert up is not None
         current = _serving(routed, up, len(failed), prompt_tokens)
+        current.restricted = guard.entities if guard.applies else ()
         opened = await _open(rt, up, req)
         if isinstance(opened, Failure):
             last = opened
@@ -218,6 +272,66 @@ async def _routed(
         return await _answer(rt, gw, req, opened, current, text, ext)
     assert last is not None
     return _failure_response(last, None, tried=failed)
+
+
+async def _cascade(
+    rt: Runtime,
+    gw: Gateway,
+    req: ChatCompletionRequest,
+    cfg: CascadeConfig,
+    routed: Routed,
+    text: str,
+    ext: Extensions,
+    fallbacks: int,
+    guard: Restriction,
+) -> Response | None:
+    """Serve a cascade arm (whole, not streamed: the confidence needs the first answer
+    complete); None when every call of it failed."""
+    body = req.model_dump(exclude_unset=True)
+    body.pop("model", None)
+    judge = None if gw.judge is None else gw.judge.cfg.model
+    outcome = await run_cascade(cfg, gw.pool, rt.catalogue, body, text, judge)
+    m = rt.metrics
+    for c in outcome.calls:
+        m.upstream_calls.labels(c.model, "ok" if c.ok else str(c.status)).inc()
+        m.upstream_cost.labels(c.model).inc(c.cost)
+    if not outcome.final.ok or outcome.final.data is None:
+        return None
+    m.cascades.labels(cfg.name, str(outcome.escalated).lower()).inc()
+    first = gw.pool.get(cfg.first)
+    assert first is not None
+    serving = _serving(routed, first, fallbacks, 1)
+    serving.restricted = guard.entities if guard.applies else ()
+    cost = outcome.cost
+    if serving.event_id is not None:
+        try:
+            await apply_cost(rt, serving.event_id, cost)
+        except StoreUnavailable:
+            log.warning("cost of %s not attached: the store is unreachable", serving.event_id)
+        log.info(
+            "cascade %s for %s: confidence %s, escalated %s, %d calls, %.3g USD",
+            cfg.name,
+            serving.event_id,
+            outcome.confidence,
+            outcome.escalated,
+            len(outcome.calls),
+            cost,
+        )
+    data = outcome.final.data
+    data["model"] = cfg.name
+    _after_answer(gw, serving, text, outcome.final.text, ext)
+    headers = {
+        **serving.headers(cost),
+        HEADER + "answered-by": outcome.final.model,
+        HEADER + "escalated": str(outcome.escalated).lower(),
+    }
+    if req.stream:
+        meta = {**serving.meta(cost), "answered_by": outcome.final.model}
+        meta["escalated"] = outcome.escalated
+        return Response(as_stream(data, meta), media_type="text/event-stream", headers=headers)
+    return Response(
+        json.dumps(data, separators=(",", ":")), media_type="application/json", headers=headers
+    )
 
 
 def _serving(routed: Routed, up: Upstream, fallbacks: int, prompt_tokens: int) -> Serving:
@@ -425,7 +539,7 @@ def _after_answer(gw: Gateway, serving: Serving, text: str, answer: str, ext: Ex
     and remember the turn for the session's next request."""
     if serving.event_id is None:
         return
-    if serving.turn is None and gw.judge is not None:
+    if serving.turn is None and gw.judge is not None and gw.may_judge(serving.restricted):
         gw.judge.offer(serving.event_id, serving.created_at, text, answer)
     refusal = gw.implicit.refusal(answer)
     if refusal is not None:

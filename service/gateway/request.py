@@ -90,6 +90,7 @@ class Extensions:
     cost_weight: float | None
     session: str | None
     unit: str | None
+    sensitive: bool = False  # x-banditroute-sensitive: the caller says it is
 
 
 def extensions(
@@ -115,4 +116,5 @@ def extensions(
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: longer than 256 characters"
             )
-    return Extensions(cost_weight, session, unit)
+    sensitive = h.get("x-banditroute-sensitive", "").strip().lower() in ("1", "true", "yes")
+    return Extensions(cost_weight, session, unit, sensitive)

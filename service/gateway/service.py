@@ -16,6 +16,8 @@ from service.gateway.deferred import Deferred
 from service.gateway.implicit import Implicit
 from service.gateway.judge import Judge
 from service.gateway.upstreams import UpstreamPool
+from service.privacy.guard import PrivacyGuard, tags_of
+from service.privacy.rules import PrivacyConfig, restriction
 
 if TYPE_CHECKING:
     from service.runtime_state import Runtime
@@ -30,8 +32,11 @@ class Gateway:
         upstreams: Mapping[str, UpstreamConfig],
         rt: Runtime,
         environ: Mapping[str, str] | None = None,
+        privacy: PrivacyConfig | None = None,
     ) -> None:
         self.cfg = cfg
+        self.rt = rt
+        self.privacy = PrivacyGuard(privacy or PrivacyConfig())
         self.pool = UpstreamPool(upstreams, environ)
         self.deferred = Deferred(rt, cfg.feedback_wait_s)
         self.judge = None
@@ -39,9 +44,18 @@ class Gateway:
             rng = random.Random(cfg.judge.seed)
             self.judge = Judge(cfg.judge, rt, self.pool, self.deferred, rng)
         self.implicit = Implicit(cfg.implicit)
+        self.cascades = {c.name: c for c in cfg.cascades}
         # whether answers' text is read (by the judge or the implicit signals)
         self.needs_text = self.judge is not None or self.implicit.enabled
         self._background: set[asyncio.Task[Any]] = set()
+
+    def may_judge(self, restricted: tuple[str, ...]) -> bool:
+        """Whether the judge may read an answer whose request carried these sensitive
+        entity types: only if the rules allow the judge's model to see them."""
+        if not restricted or self.judge is None:
+            return True
+        rule = restriction(self.privacy.cfg, set(restricted))
+        return bool(rule.allowed([self.judge.cfg.model], tags_of(self.rt.catalogue)))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` past the request that started it (kept referenced until done)."""

@@ -239,5 +239,6 @@ def _row(e: FeedbackEvent) -> dict[str, Any]:
         "cost_usd": e.cost_usd,
         "cost_weight": e.cost_weight,
         "source": e.source,
+        "restricted": e.restricted,
         "context": e.context.tolist(),
     }

@@ -125,6 +125,9 @@ class DecisionRecord:
     # a measured cost will follow (a streamed call's is known only when it ends): a
     # quality that comes first is parked until the cost or the deadline comes
     awaits_cost: bool = False
+    # the sensitive entity types that restricted its candidates (privacy rules); never
+    # the matched text
+    restricted: list[str] | None = None
     # the call's measured cost (USD) once `attach_cost` took it; filled when the record
     # is read, never stored with it (the store keeps it apart, so it can come later)
     cost_usd: float | None = None
@@ -195,6 +198,7 @@ class FeedbackEvent:
     # (`Store.forward_copies`) before it publishes a snapshot containing the event.
     copies: dict[str, dict[str, float] | None] | None = None
     cost_estimated: bool = False
+    restricted: list[str] | None = None  # as its decision's
 
     def encode(self) -> dict[str, bytes]:
         meta = asdict(self)
@@ -248,6 +252,7 @@ class FeedbackEvent:
             candidates=rec.candidates,
             created_at=rec.created_at,
             unit=rec.unit,
+            restricted=rec.restricted,
         )
 
 
@@ -495,6 +500,15 @@ class Store(ABC):
         """Atomically count one more turn of a pinned session: (event_id, model, turn
         number, 2 for the first reuse) while turns are left, else None (a used-up pin
         is dropped). Each turn refreshes the pin's TTL."""
+
+    @abstractmethod
+    async def flag_session(self, session: str, entities: list[str], ttl_s: float) -> None:
+        """Remember that `session` carried these sensitive entity types (added to what
+        it carried before), for ttl_s after this call."""
+
+    @abstractmethod
+    async def session_flags(self, session: str) -> set[str]:
+        """The sensitive entity types `session` carried within its TTL (empty if none)."""
 
     # ---- experiments ---------------------------------------------------------
     @abstractmethod

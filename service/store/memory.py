@@ -158,6 +158,9 @@ class MemoryStore(Store):
         self.grace_s = grace_s
         self.log_max = log_max
         self._policies: dict[str, _Policy] = {}
+        # session -> (sensitive entity types it carried, monotonic expiry)
+        self._flags: dict[str, tuple[frozenset[str], float]] = {}
+        self._flags_mark = 1024
         self._models: dict[str, str] = {}  # name -> JSON, as Redis keeps it
         if state_dir is not None and (state_dir / _MODELS_FILE).is_file():
             # models registered through the API survive a restart, like Redis keeps them
@@ -417,6 +420,22 @@ class MemoryStore(Store):
         if pin.turn >= pin.turns:  # the last turn: nothing left to reuse
             del st.sessions[session]
         return pin.event_id, pin.model, pin.turn
+
+    async def flag_session(self, session: str, entities: list[str], ttl_s: float) -> None:
+        mono = time.monotonic()
+        before, until = self._flags.get(session, (frozenset(), 0.0))
+        kept = before if until > mono else frozenset()
+        self._flags[session] = (kept | frozenset(entities), mono + ttl_s)
+        if len(self._flags) > self._flags_mark:
+            # amortised, as for the pins: each sweep at least halves the next one's work
+            self._flags = {k: v for k, v in self._flags.items() if v[1] > mono}
+            self._flags_mark = max(1024, 2 * len(self._flags))
+
+    async def session_flags(self, session: str) -> set[str]:
+        got = self._flags.get(session)
+        if got is None or got[1] <= time.monotonic():
+            return set()
+        return set(got[0])
 
     # ---- experiments ---------------------------------------------------------
     async def experiment_counts(

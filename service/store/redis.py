@@ -855,6 +855,22 @@ class RedisStore(Store):
         event_id, model, turn = got
         return _text(event_id), _text(model), int(turn)
 
+    def _flags_key(self, session: str) -> str:
+        return f"{self.prefix}:sf:{session}"
+
+    @_reachable
+    async def flag_session(self, session: str, entities: list[str], ttl_s: float) -> None:
+        key = self._flags_key(session)
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.sadd(key, *entities)
+            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+            await pipe.execute()
+
+    @_reachable
+    async def session_flags(self, session: str) -> set[str]:
+        members = await self._redis().smembers(self._flags_key(session))  # type: ignore[misc]
+        return {_text(m) for m in members}
+
     # ---- experiments ---------------------------------------------------------
     @_reachable
     async def experiment_counts(

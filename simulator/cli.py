@@ -143,12 +143,41 @@ def simulate(
     jobs: Annotated[
         int, typer.Option(min=0, help="worker processes (0: one per CPU; 1: serial)")
     ] = 0,
+    cascades: Annotated[
+        str,
+        typer.Option(
+            help="cascades as arms next to the models: 'auto' (cheapest>strongest, and "
+            "cheap>mid>strong where a mid model exists) or chains A>B[,A>M>B]; empty: none"
+        ),
+    ] = "",
+    cascade_noise: Annotated[
+        float, typer.Option(min=0.0, help="σ of the simulated confidence (0.1 low, 0.4 high)")
+    ] = 0.25,
+    cascade_thresholds: Annotated[
+        str, typer.Option(help="escalation thresholds of each chain, in [0, 1]")
+    ] = "0.3,0.5,0.7,0.9",
+    sensitive_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="share of queries marked sensitive (local models only); 0: off"
+        ),
+    ] = 0.0,
+    local_models: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated models allowed on sensitive queries (default: the "
+            "open-weight ones; if all are, those at most the median model's mean cost)"
+        ),
+    ] = "",
 ) -> None:
     """Every router side by side: the online protocol (regret, cost, traffic share), the
     deploy protocol over a lambda sweep (frontier, AIQ, cost at 95%/100% of the best
     model's quality, as deployed and greedy) with supervised references and the oracle,
     strong/weak metrics for two models, off-policy estimates of the static routers, and
-    drift and new-model scenarios. Writes OUT/report.md and PNGs (and OUT/apgr.csv)."""
+    drift and new-model scenarios. Writes OUT/report.md and PNGs (and OUT/apgr.csv).
+    With --cascades, a Cascades section (each cascade, the bandits over models and
+    cascades, their frontier); with --sensitive-share, a Privacy section (the cost of
+    keeping sensitive queries on local models)."""
     from simulator.parallel import default_jobs
     from simulator.replay import cost_scale_of, progress_bar, replay_online, seeded_order
     from simulator.report import write_report
@@ -180,9 +209,21 @@ def simulate(
     if ope_log not in {s.name for s in learning + statics}:
         raise typer.BadParameter(f"{ope_log!r} is not a router of this run", param_hint="--ope-log")
     has_split = {"train", "test"} <= set(rd.split.tolist())
+    family, local = _cascades_and_local(
+        rd, cascades, cascade_thresholds, sensitive_share, local_models, has_split
+    )
     total = (len(learning) + len(statics)) * seeds * len(rd) + len(rd) * (2 + len(statics))
     if has_split:
         total += deploy_steps(rd, len(learning), sweep, seeds, cost_weight)
+    if family:
+        from simulator.cascades import cascade_steps
+
+        total += cascade_steps(rd, len(learning), sweep, seeds)
+    if local is not None:
+        from simulator.privacy import privacy_steps
+
+        # the plain online run is reused as the unrestricted side where nothing is dropped
+        total += privacy_steps(rd, sensitive_share, local, learning, seeds, reuse=True)
     bar = progress_bar(total, "simulating")
     n_jobs = jobs or default_jobs()
     online = run_online(
@@ -210,6 +251,42 @@ def simulate(
             progress=bar.update,
             jobs=n_jobs,
             pair_lam=cost_weight,
+        )
+    cascade_run = None
+    if family and deploy is not None:
+        from simulator.cascades import run_cascades
+
+        cascade_run = run_cascades(
+            rd,
+            X,
+            learning,
+            deploy,
+            family,
+            noise=cascade_noise,
+            lams=sweep,
+            seeds=seeds,
+            cost_scale=scale,
+            overrides=overrides,
+            progress=bar.update,
+            jobs=n_jobs,
+        )
+    privacy_run = None
+    if local is not None:
+        from simulator.privacy import run_privacy
+
+        privacy_run = run_privacy(
+            rd,
+            X,
+            learning,
+            share=sensitive_share,
+            local=local,
+            seeds=seeds,
+            lam=cost_weight,
+            cost_scale=scale,
+            overrides=overrides,
+            baseline={s.name: online.runs[s.name] for s in learning},
+            progress=bar.update,
+            jobs=n_jobs,
         )
     # drift and a new model, on the first learning policy: the best model in hindsight
     # halves its quality midway / is held back until midway
@@ -254,6 +331,8 @@ def simulate(
         rd.models,
         [s.name for s in learning],
         ope_log=ope_log,
+        cascades=cascade_run,
+        privacy=privacy_run,
     )
     table = Table(title=f"online replay of {rd.name}, lambda={cost_weight} (mean ± 95% CI)")
     for col in ("router", "quality", "USD / 1k", "reward", "regret vs oracle"):
@@ -263,7 +342,84 @@ def simulate(
             name, str(m["quality"]), str(m["usd_per_1k"]), str(m["reward"]), str(m["regret_oracle"])
         )
     console.print(table)
+    if cascade_run is not None:
+        _print_cascades(console, cascade_run)
+    if privacy_run is not None:
+        _print_privacy(console, privacy_run)
     console.print(f"report: {report}")
+
+
+def _cascades_and_local(
+    rd: Any, cascades: str, thresholds: str, share: float, local_models: str, has_split: bool
+) -> tuple[list[Any], list[str] | None]:
+    """The cascade family of --cascades (empty: none) and the local models of
+    --local-models (None when --sensitive-share is 0), checked against the table."""
+    family: list[Any] = []
+    if cascades.strip():
+        from simulator.cascades import family as make_family
+        from simulator.cascades import parse_chains
+
+        if not has_split:
+            raise typer.BadParameter(
+                "cascades are evaluated by the deploy protocol: the table needs a "
+                "train and a test split",
+                param_hint="--cascades",
+            )
+        try:
+            family = make_family(parse_chains(cascades, rd), _floats(thresholds))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cascades") from None
+    local = None
+    if share > 0:
+        from simulator.privacy import parse_local
+
+        try:
+            local = parse_local(local_models, rd)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--local-models") from None
+    return family, local
+
+
+def _print_cascades(console: Console, run: Any) -> None:
+    ref, ref_cost, ref_q, _ = run.reference()
+    table = Table(
+        title=f"cascades (σ = {run.noise:g}): reaching {ref}'s test quality {ref_q:.3f} "
+        f"(cost as % of its {1000 * ref_cost:.4f} USD / 1k)"
+    )
+    for col in ("router", "frontier cost to reach it", "cheapest λ point", "seeds below"):
+        table.add_column(col, justify="right")
+    best = run.cheapest_static()
+    table.add_row(
+        f"cheapest cascade alone ({best.cascade.name})" if best else "cascades alone",
+        f"{100 * best.cost.mean / ref_cost:.1f}%" if best else "not reached",
+        "-",
+        "-",
+    )
+    for key in run.points:
+        r = run.reach(key)
+        table.add_row(
+            key,
+            f"{r.frontier_pct:.1f}%" if np.isfinite(r.frontier_pct) else "not reached",
+            f"{r.point_pct:.1f}% (λ={r.point_lam:g})" if r.point_lam is not None else "-",
+            f"{r.seeds_below}/{r.seeds}",
+        )
+    console.print(table)
+
+
+def _print_privacy(console: Console, run: Any) -> None:
+    table = Table(
+        title=f"privacy: {100 * run.share:g}% sensitive, local only ({len(run.local)} of "
+        f"{len(run.models)} models); with − without (mean ± 95% CI)"
+    )
+    for col in ("router", "Δ quality", "Δ USD / 1k", "Δ reward"):
+        table.add_column(col, justify="right")
+    for name, row in run.table().items():
+        table.add_row(
+            name,
+            *(str(row[k][2]) if k in row else "-" for k in ("quality", "usd_per_1k", "reward")),
+        )
+    console.print(table)
+    console.print(f"sensitive queries routed to a non-local model: {run.violations()}")
 
 
 def _selected_contexts(

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from simulator import metrics  # noqa: E402
+from simulator.cascades import CascadeRun, StaticCascade  # noqa: E402
+from simulator.privacy import PrivacyRun  # noqa: E402
 from simulator.replay import ReplayResult  # noqa: E402
 from simulator.simulate import DeployRun, OnlineRun, OpeRow, PairRun  # noqa: E402
 from simulator.stats import Interval, mean_ci  # noqa: E402
@@ -221,6 +223,8 @@ def write_report(
     models: list[str],
     learning: list[str],
     ope_log: str = "",
+    cascades: CascadeRun | None = None,
+    privacy: PrivacyRun | None = None,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "apgr.csv").unlink(missing_ok=True)  # a previous run's, for other models
@@ -276,6 +280,214 @@ def write_report(
         path = out / f"scenario-{label.split(' ')[0]}.png"
         plot_share(run, models, path)
         lines += [f"## Scenario: {label}", "", f"![{label}]({path.name})", ""]
+    if cascades is not None:
+        lines += _cascade_section(cascades, out)
+    if privacy is not None:
+        lines += _privacy_section(privacy)
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+# --- cascades and privacy (the --cascades and --sensitive-share options) -------------------
+
+
+def plot_cascades(run: CascadeRun, path: Path) -> None:
+    """Single models, each cascade alone, and every bandit over the models alone and over
+    models and cascades (λ sweep, as deployed and greedy) on the test cost-quality plane."""
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for m, (c, q) in run.base.models.items():
+        ax.scatter([1000 * c], [q], marker="s", color="grey", s=20)
+        ax.annotate(m, (1000 * c, q), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    chains = list(dict.fromkeys(s.cascade.chain for s in run.static))
+    markers = "^v<>PX"
+    for i, chain in enumerate(chains):
+        mine = [s for s in run.static if s.cascade.chain == chain]
+        cs = [1000 * s.cost.mean for s in mine]
+        qs = [s.quality.mean for s in mine]
+        pts = ax.scatter(cs, qs, marker=markers[i % len(markers)], s=30, label=f"cascade {chain}")
+        for s, c, q in zip(mine, cs, qs, strict=True):
+            ax.annotate(
+                f"t={s.cascade.threshold:g}",
+                (c, q),
+                fontsize=6,
+                xytext=(3, -7),
+                textcoords="offset points",
+                color=pts.get_facecolor()[0],
+            )
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for key in run.points:
+        if key.endswith(" (greedy)"):
+            continue
+        name = key.removesuffix(" + cascades")
+        for label, pts_ in (
+            (name, run.base.points.get(name)),
+            (f"{name} (greedy)", run.base.greedy.get(f"{name} (greedy)")),
+            (key, run.points[key]),
+            (f"{key} (greedy)", run.points[f"{key} (greedy)"]),
+        ):
+            if pts_:
+                curves[label] = pts_
+    for label, pts_ in curves.items():
+        front = metrics.frontier([c for c, _ in pts_], [q for _, q in pts_])
+        style = "-" if "+ cascades" in label else "--"
+        (line,) = ax.plot(1000 * front.cost, front.quality, style, label=label)
+        arr = np.array(pts_)
+        ax.scatter(1000 * arr[:, 0], arr[:, 1], s=10, color=line.get_color())
+    ref, _, ref_q, _ = run.reference()
+    ax.axhline(ref_q, color="k", linewidth=0.6, linestyle=":", label=f"{ref} quality")
+    ax.set_xscale("log")
+    ax.set_xlabel("USD per 1k queries (test)")
+    ax.set_ylabel("quality (test)")
+    ax.set_title(f"single models, cascades and bandits (confidence noise σ = {run.noise:g})")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(x: float) -> str:
+    return "not reached" if not np.isfinite(x) else f"{x:.1f}%"
+
+
+def _static_line(best: StaticCascade | None, static: list[StaticCascade], ref_cost: float) -> str:
+    if best is not None:
+        return (
+            f"{best.cascade.name}: quality {best.quality.mean:.3f}, "
+            f"{100 * best.cost.mean / ref_cost:.1f}% of the reference cost"
+        )
+    if not static:
+        return "no cascade has an outcome on test"
+    top = max(static, key=lambda s: s.quality.mean)
+    return f"none (the best, {top.cascade.name}, reaches {top.quality.mean:.3f})"
+
+
+def _cascade_section(run: CascadeRun, out: Path) -> list[str]:
+    ref, ref_cost, ref_q, beat = run.reference()
+    lines = [
+        "## Cascades",
+        "",
+        "A cascade A>B@t calls A, and B when A's answer's simulated confidence "
+        "c = clip(q_A + ε, 0, 1), ε ~ N(0, σ²), is below t; its quality is the final "
+        "answer's and its cost the sum of the calls made. "
+        f"σ = {run.noise:g}; on 0/1 quality c is a noisy correctness signal. The bandits "
+        "below choose among the single models and every cascade (the thresholds learned "
+        "per context), by the deploy protocol over the same λ sweep (the confidence drawn "
+        "anew per seed); each cascade alone is mean ± 95% over those seeds.",
+        "",
+        f"Reference: the best single model on test, {ref} (quality {ref_q:.3f}, "
+        f"{1000 * ref_cost:.4f} USD / 1k); the cheapest single model reaching its quality "
+        f"costs {1000 * beat:.4f} USD / 1k.",
+        "",
+        "| cascade | quality (test) | USD / 1k | % of reference cost | escalated |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in run.static:
+        lines.append(
+            f"| {s.cascade.name} | {_iv(s.quality)} | {1000 * s.cost.mean:.4f} | "
+            f"{100 * s.cost.mean / ref_cost:.1f}% | {_iv(s.escalated, pct=True)}% |"
+        )
+    best = run.cheapest_static()
+    lines += [
+        "",
+        f"Cheapest cascade alone reaching {ref}'s quality: "
+        f"{_static_line(best, run.static, ref_cost)}.",
+        "",
+        "### Does a learned cascade reach the best single model's quality for less?",
+        "",
+        "Cost on each router's frontier (mixing neighbouring λ configurations, as in the "
+        "deploy tables) and at its cheapest single λ configuration reaching the "
+        "reference quality, as % of the reference cost; seeds: in how many seeds the "
+        "router's own frontier reaches it below the cheapest single model that does.",
+        "",
+        "| router | frontier cost to reach it | cheapest λ point reaching it | seeds "
+        "| below every single model |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    verdicts = []
+    for key in run.points:
+        greedy = key.endswith(" (greedy)")
+        name = key.removesuffix(" (greedy)").removesuffix(" + cascades")
+        plain = f"{name} (greedy)" if greedy else name
+        for label in ([plain] if plain in run.base.curves(greedy) else []) + [key]:
+            r = run.reach(label, greedy=greedy)
+            holds = np.isfinite(r.frontier_pct) and r.frontier_pct < 100 * beat / ref_cost
+            point = (
+                f"{_pct(r.point_pct)} (λ = {r.point_lam:g})"
+                if r.point_lam is not None
+                else "not reached"
+            )
+            seeds = f"{r.seeds_below} of {r.seeds}" if r.seeds else "–"
+            lines.append(
+                f"| {label} | {_pct(r.frontier_pct)} | {point} | {seeds} | "
+                f"{'yes' if holds else 'no'} |"
+            )
+            if label == key:
+                verdicts.append(f"{label}: {'yes' if holds else 'no'}")
+    lines += ["", "Learned cascade below every single model reaching it: " + "; ".join(verdicts)]
+    plot_cascades(run, out / "cascades-frontier.png")
+    lines += ["", "![cascades frontier](cascades-frontier.png)", ""]
+    lines += [
+        "### What the learned router uses (greedy, share of test queries per λ)",
+        "",
+        "| router | λ | to cascades | top arms |",
+        "| --- | --- | --- | --- |",
+    ]
+    n_models = len(run.base.models)
+    for key, per_lam in run.shares.items():
+        for lam, share in zip(run.lams, per_lam, strict=True):
+            top = np.argsort(-share, kind="stable")[:3]
+            arms = ", ".join(f"{run.arms[k]} {100 * share[k]:.0f}%" for k in top if share[k] > 0)
+            lines.append(
+                f"| {key} (greedy) | {lam:g} | {100 * share[n_models:].sum():.0f}% | {arms} |"
+            )
+    lines += [
+        "",
+        "### Sensitivity to the confidence's noise (each cascade alone)",
+        "",
+        "| σ | cheapest cascade alone reaching the reference quality | best cascade |",
+        "| --- | --- | --- |",
+    ]
+    for sigma, static in run.sensitivity.items():
+        b = run.cheapest_static(static)
+        strongest = max(static, key=lambda s: s.quality.mean) if static else None
+        best_text = (
+            f"{strongest.cascade.name}: {strongest.quality.mean:.3f} at "
+            f"{100 * strongest.cost.mean / ref_cost:.1f}%"
+            if strongest is not None
+            else "–"
+        )
+        lines.append(f"| {sigma:g} | {_static_line(b, static, ref_cost)} | {best_text} |")
+    return lines + [""]
+
+
+def _privacy_section(run: PrivacyRun) -> list[str]:
+    others = [m for m in run.models if m not in run.local]
+    lines = [
+        "## Privacy: sensitive queries stay on local models",
+        "",
+        f"A seeded {100 * run.share:g}% of the queries is marked sensitive (mean share "
+        f"replayed: {100 * run.sensitive_share():.1f}%); on those only the local models "
+        f"may answer: {', '.join(run.local)}. Not local: {', '.join(others) or 'none'}. "
+        f"Online protocol, λ = {run.lam:g}; each router replayed with and without the "
+        "restriction at the same seeds (order, policy seed and sensitive rows); Δ = with − "
+        "without, mean ± 95% over seeds. Sensitive rows with no local outcome, left out "
+        f"of both sides: {', '.join(str(d) for d in run.dropped)} (per seed). Sensitive "
+        f"queries routed to a non-local model under the restriction: {run.violations()}.",
+        "",
+        "| router | quality without | with | Δ quality | USD / 1k without | with | Δ USD / 1k "
+        "| Δ reward | Δ quality, sensitive rows |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def d(row: dict[str, tuple[Interval, Interval, Interval]], k: str, i: int) -> str:
+        return _iv(row[k][i]) if k in row else "–"
+
+    for name, row in run.table().items():
+        lines.append(
+            f"| {name} | {d(row, 'quality', 0)} | {d(row, 'quality', 1)} | "
+            f"{d(row, 'quality', 2)} | {d(row, 'usd_per_1k', 0)} | {d(row, 'usd_per_1k', 1)} | "
+            f"{d(row, 'usd_per_1k', 2)} | {d(row, 'reward', 2)} | "
+            f"{d(row, 'sensitive_quality', 2)} |"
+        )
+    return lines + [""]

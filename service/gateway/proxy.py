@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import httpx
@@ -26,7 +26,7 @@ from service.gateway.request import ChatCompletionRequest, Extensions, extension
 from service.gateway.service import Gateway
 from service.gateway.upstreams import Upstream
 from service.outcomes import apply_cost, apply_quality
-from service.privacy.guard import all_text, tags_of
+from service.privacy.guard import all_text, refusal, tags_of
 from service.privacy.rules import Restriction
 from service.routing import Routed, decide, resolve_policy
 from service.runtime_state import Runtime
@@ -137,7 +137,7 @@ async def chat(rt: Runtime, gw: Gateway, req: ChatCompletionRequest, request: Re
     guard = await gw.privacy.check(rt.store, all_text(req.messages), ext.sensitive, ext.session)
     if target.model is not None:  # a named model: no routing, nothing learned
         if not guard.allowed([target.model], tags_of(rt.catalogue)):
-            _refuse(guard, f"model {target.model!r} is not allowed for them")
+            raise refusal(guard, f"model {target.model!r} is not allowed for them")
         return await _direct(rt, gw, req, target.model, text, ext, guard)
     return await _routed(rt, gw, req, text, ext, target.policy, target.experiment, guard)
 
@@ -159,14 +159,6 @@ async def _direct(
     if isinstance(opened, Failure):
         return _failure_response(opened, direct)
     return await _answer(rt, gw, req, opened, direct, text, ext)
-
-
-def _refuse(guard: Restriction, why: str) -> NoReturn:
-    raise HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        f"messages: the conversation carries sensitive data ({', '.join(guard.entities)}) "
-        f"that only models tagged {sorted(guard.allow_tags or ())} may see; {why}",
-    )
 
 
 async def _routed(
@@ -196,7 +188,7 @@ async def _routed(
             fallback = gw.privacy.cfg.fallback_model
             if fallback is not None and gw.pool.get(fallback) is not None:
                 return await _direct(rt, gw, req, fallback, text, ext, guard)
-            _refuse(guard, f"router {name!r} has no such model")
+            raise refusal(guard, f"router {name!r} has no such model")
     if ext.session is not None and gw.implicit.enabled:
         signal = gw.implicit.on_request(ext.session, text)
         if signal is not None:

@@ -7,6 +7,8 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
+from fastapi import HTTPException, status
+
 from service.privacy.rules import FLAG, PrivacyConfig, Restriction, restriction
 from service.store.base import ModelPrice, Store, StoreUnavailable
 
@@ -59,3 +61,13 @@ def all_text(messages: Sequence[Mapping[str, object]]) -> str:
         elif isinstance(c, list):
             out += [p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)]
     return "\n".join(out)
+
+
+def refusal(guard: Restriction, why: str) -> HTTPException:
+    """The 422 for a request no allowed model can take; it names the entity types and
+    the allowed tags, never the matched text."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        f"messages: the conversation carries sensitive data ({', '.join(guard.entities)}) "
+        f"that only models tagged {sorted(guard.allow_tags or ())} may see; {why}",
+    )

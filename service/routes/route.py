@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from service.deps import ClientAuth, RuntimeDep
 from service.embedder import text_from_messages
+from service.privacy.guard import all_text, refusal, tags_of
 from service.routing import check_candidates, decide, resolve_policy
 from service.schemas import CandidateExplanation, ErrorOut, RouteRequest, RouteResponse
 
@@ -20,6 +21,25 @@ def _query_text(req: RouteRequest) -> str:
         return text_from_messages([m.model_dump() for m in req.messages])
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+async def _restrict(rt: RuntimeDep, req: RouteRequest) -> tuple[list[str] | None, list[str] | None]:
+    """The candidates the privacy rules leave for this query, and the entity types that
+    restricted them (None: unrestricted)."""
+    if rt.gateway is None:
+        return req.candidates, None
+    text = (
+        req.query
+        if req.query is not None
+        else all_text([m.model_dump() for m in req.messages or []])
+    )
+    guard = await rt.gateway.privacy.check(rt.store, text, False, None)
+    if not guard.applies:
+        return req.candidates, None
+    allowed = guard.allowed(req.candidates or list(rt.catalogue), tags_of(rt.catalogue))
+    if not allowed:
+        raise refusal(guard, "no candidate model carries one")
+    return allowed, list(guard.entities)
 
 
 @router.post(
@@ -49,6 +69,7 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         rt, req.policy, req.experiment, req.unit_id
     )
     check_candidates(rt, req.candidates)
+    candidates, restricted = await _restrict(rt, req)
     x = await rt.batcher.features(text)
     routed = await decide(
         rt,
@@ -56,12 +77,13 @@ async def route(req: RouteRequest, rt: RuntimeDep, _auth: ClientAuth) -> RouteRe
         x,
         name,
         serving,
-        req.candidates,
+        candidates,
         req.cost_weight,
         experiment=experiment,
         variant=variant,
         unit=unit,
         awaits_cost=req.cost_later,
+        restricted=restricted,
     )
     d = routed.decision
     explanation = None

@@ -292,12 +292,13 @@ class StaticCascade:
 def static_cascades(
     data: RoutingData, cascades: Sequence[Cascade], noise: float, seeds: int
 ) -> list[StaticCascade]:
-    """Each cascade alone (no routing) on the test rows where it has an outcome."""
+    """Each cascade alone (no routing) on the test rows where it has an outcome, with
+    the confidences the bandits' cascade arms draw at the same seeds."""
     _, test = deploy_rows(data)
     sub = data.subset(test)
     per: dict[str, dict[str, list[float]]] = {c.name: {"q": [], "c": [], "e": []} for c in cascades}
     for seed in range(seeds):
-        conf = confidence(sub, noise, seed)
+        conf = confidence(data, noise, seed)[test]
         for c in cascades:
             o = evaluate(sub, c, conf)
             ok = o.calls > 0

@@ -194,6 +194,17 @@ def test_static_cascades_skip_rows_without_an_outcome() -> None:
     assert s.quality.low == s.quality.high  # σ = 0: every seed alike
 
 
+def test_static_cascades_are_the_bandits_cascade_arms_on_test() -> None:
+    data, _ = _cheap_strong(300)
+    cascade = Cascade(("cheap", "strong"), 0.5)
+    (s,) = static_cascades(data, [cascade], 0.4, seeds=1)
+    aug, calls = with_cascades(data, [cascade], 0.4, seed=0)
+    test = data.split == "test"
+    assert s.quality.mean == pytest.approx(aug.quality[test, 2].mean())
+    assert s.cost.mean == pytest.approx(aug.cost[test, 2].mean())
+    assert s.escalated.mean == pytest.approx((calls[test, 0] > 1).mean())
+
+
 # --- which cascades ---------------------------------------------------------------------
 
 

@@ -303,6 +303,13 @@ class Policy(ABC):
     def _remove_model(self, model: str) -> None:  # noqa: B027 - optional hook
         pass
 
+    def prepare_serving(self) -> None:  # noqa: B027 - optional hook
+        """Precompute, from the current state, what `choose` reads, for a copy that only
+        chooses until its next change (a worker's serving copy of a snapshot). Any
+        change (learn, a model added or removed, a prior) drops it, and `choose`
+        computes from the exact state again until the next call. A no-op for policies
+        with nothing to precompute."""
+
     # ---- helpers for subclasses ------------------------------------------
     def _sample(self, probs: np.ndarray) -> int:
         """Draw an index with the policy's own generator (inverse-cdf: one uniform,

@@ -151,12 +151,13 @@ class LinearPolicy(Policy):
         k, d = self._A_inv32.shape[:2]
         # one gemv over the whole stack reads each inverse once (fancy-indexing first
         # would copy K d^2 floats), in float32: the read is the cost, and an exploration
-        # width needs no more than 7 digits
+        # width needs no more than 7 digits. Every row, then the candidates' entries:
+        # gathering rows first would copy them
         z32 = z.astype(np.float32)
-        Az = (self._A_inv32.reshape(k * d, d) @ z32).reshape(k, d)[idx]
-        width = np.sqrt(np.maximum(Az @ z32, 0.0)).astype(np.float64)
-        mean_q = self.prior_quality + self._theta_q[idx] @ z
-        cost = np.maximum(self._theta_c[idx] @ z, 0.0)
+        var = (self._A_inv32.reshape(k * d, d) @ z32).reshape(k, d) @ z32
+        width = np.sqrt(np.maximum(var[idx], 0.0)).astype(np.float64)
+        mean_q = self.prior_quality + (self._theta_q @ z)[idx]
+        cost = np.maximum((self._theta_c @ z)[idx], 0.0)
         return mean_q, width, cost
 
     def _choose(
@@ -168,15 +169,14 @@ class LinearPolicy(Policy):
         scale = self._normalised_cost_scale()
         cost_norm = cost / scale if scale else np.zeros_like(cost)
         probs, chosen, scores = self._decide(mean_q, width, cost_norm, lam)
+        # tolist(): one call for the Python floats of a whole row, not one float() each
         return Decision(
             model=candidates[chosen],
             propensity=float(probs[chosen]),
-            probabilities={c: float(p) for c, p in zip(candidates, probs, strict=True)},
-            expected_quality={
-                c: float(q) for c, q in zip(candidates, np.clip(mean_q, 0, 1), strict=True)
-            },
-            expected_cost={c: float(v) for c, v in zip(candidates, cost, strict=True)},
-            scores={c: float(s) for c, s in zip(candidates, scores, strict=True)},
+            probabilities=dict(zip(candidates, probs.tolist(), strict=True)),
+            expected_quality=dict(zip(candidates, np.clip(mean_q, 0, 1).tolist(), strict=True)),
+            expected_cost=dict(zip(candidates, cost.tolist(), strict=True)),
+            scores=dict(zip(candidates, scores.tolist(), strict=True)),
         )
 
     def _decide(

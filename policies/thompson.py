@@ -12,15 +12,20 @@ from policies.base import check_positive, epsilon_mix
 from policies.linear import LinearPolicy
 
 # Standardised grid per model for the win-probability integral: +-8 sigma at a step of
-# sigma / 3. Between nodes the integrand is integrated as an exponential (log-linear),
+# sigma / 4. Between nodes the integrand is integrated as an exponential (log-linear),
 # exact for the Gaussian-like tails where a plain trapezoid overshoots: against an
 # adaptive high-precision reference the worst relative error of any win probability
-# above 1e-6 is < 1% for sigma ratios from 1 to 1e4 (tests/test_thompson_accuracy.py),
-# where the trapezoid on a sigma / 2 grid was off by up to 40%.
-_GRID = np.linspace(-8.0, 8.0, 49)
+# above 1e-6 is < 1% for sigma ratios from 1 to 1e4 (tests/test_thompson_accuracy.py;
+# 0.6% at ratio 1, 0.13% at 1e4), where the trapezoid on a sigma / 2 grid was off by up
+# to 40%.
+_GRID = np.linspace(-8.0, 8.0, 65)
+_STEP = float(_GRID[1] - _GRID[0])
 # A model whose score is below another's by more than this many sigmas (of both)
 # essentially never wins; leaving it out of the integral keeps it O(K_live^2).
 _PRUNE_SIGMAS = 8.0
+_LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
+# makes (1 - e^-gap) / gap read 1 at gap = 0 without a branch; negligible elsewhere
+_TINY = 1e-300
 
 
 class LinearThompson(LinearPolicy):
@@ -70,33 +75,43 @@ def win_probabilities(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """P(argmax_k S_k = m) for independent S_k ~ N(mu_k, sigma_k^2); shapes (K,) -> (K,).
 
     P(m wins) = integral of pdf_m(s) * prod_{k != m} cdf_k(s) ds, piecewise exponential
-    on the union of every model's own grid (mu_k + sigma_k * u), so each density and
-    each cdf step is resolved at its own scale however different the sigmas are.
+    on nodes that resolve every density and every cdf step at its own scale, however
+    different the sigmas are: a uniform grid at the finest model's step where that is
+    the smaller set, else the union of every model's own grid (mu_k + sigma_k * u).
+
+    Nodes below L = max_k (mu_k - 8 sigma_k) are left out: there some model's cdf is
+    under Phi(-8) ~ 6e-16, so every integrand but that model's own is negligible, and
+    its own is its density's far tail. With similar sigmas (a policy's usual case) the
+    uniform grid has ~70-130 nodes where the union had 49 K: the integral costs a few
+    numpy calls on arrays of ~100 K, most of it their fixed overhead.
     """
     k = mu.shape[0]
     if k == 1:
         return np.ones(1)
-    live = mu + _PRUNE_SIGMAS * sigma >= np.max(mu - _PRUNE_SIGMAS * sigma)
+    reach = _PRUNE_SIGMAS * sigma
+    floor = float((mu - reach).max())
+    top = mu + reach
+    live = top >= floor
     if not live.all():
         out = np.zeros(k)
         out[live] = win_probabilities(mu[live], sigma[live])
         return out
-    s = np.unique((mu[:, None] + sigma[:, None] * _GRID[None, :]).ravel())
-    z = (s[:, None] - mu[None, :]) / sigma[None, :]  # shape (S, K)
+    step = float(sigma.min()) * _STEP
+    n = int(np.ceil((float(top.max()) - floor) / step)) + 1
+    if n <= k * _GRID.shape[0]:
+        s = floor + step * np.arange(n)
+    else:  # sigmas orders of magnitude apart: each model's grid where it lives
+        nodes = (mu[:, None] + sigma[:, None] * _GRID).ravel()
+        s = np.sort(nodes[nodes >= floor])  # a repeated node adds an empty interval
+    z = (s[:, None] - mu) / sigma  # shape (S, K)
     log_cdf = log_ndtr(z)
     # log of pdf_m(s) * prod_{k != m} cdf_k(s), per node and model
-    log_f = (
-        log_cdf.sum(axis=1, keepdims=True)
-        - log_cdf
-        - 0.5 * z * z
-        - np.log(np.sqrt(2.0 * np.pi) * sigma[None, :])
-    )
+    log_f = log_cdf.sum(axis=1, keepdims=True) - log_cdf
+    log_f -= 0.5 * z * z + (np.log(sigma) + _LOG_SQRT_2PI)
     # each interval as an exponential through its two end values:
     # h (f1 - f0) / ln(f1 / f0) = h * max(f) * (1 - e^-gap) / gap, stable in log space
-    top = np.maximum(log_f[:-1], log_f[1:])
-    gap = np.abs(log_f[1:] - log_f[:-1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shape = np.where(gap < 1e-9, 1.0 - gap / 2.0, -np.expm1(-gap) / gap)
-    piece = np.diff(s)[:, None] * np.exp(top) * shape
-    p = np.clip(np.nan_to_num(piece, nan=0.0).sum(axis=0), 0.0, None)
-    return p / p.sum()
+    a, b = log_f[:-1], log_f[1:]
+    gap = np.abs(a - b)
+    shape = (_TINY - np.expm1(-gap)) / (gap + _TINY)
+    p = (np.exp(np.maximum(a, b)) * shape).T @ np.diff(s)
+    return np.asarray(p / p.sum(), dtype=np.float64)

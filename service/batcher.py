@@ -91,7 +91,7 @@ class FeatureBatcher:
                 self.refused_full += 1
                 raise Overloaded(self._queue.qsize()) from None
             emb = await fut
-        return self.featurizer.transform_embeddings(emb[None, :], np.array([float(len(text))]))[0]
+        return self.featurizer.transform_embedding(emb, float(len(text)))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ stored policy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -133,6 +134,30 @@ class Featurizer:
         if self.bias:
             columns.append(np.ones((emb.shape[0], 1)))
         return np.hstack(columns)
+
+    def transform_embedding(self, emb: np.ndarray, length: float) -> np.ndarray:
+        """`transform_embeddings` of one embedding (shape (embedder.dim,)) and the length
+        of its original text: the same vector, bit for bit, without the batch path's
+        checks and stacking of 2-d arrays (every cache hit of the service pays them)."""
+        v = np.asarray(emb, dtype=np.float64)
+        if v.shape != (self._emb_dim,):
+            raise ValueError(f"emb must have shape ({self._emb_dim},), got {v.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("emb must be finite")
+        if not (math.isfinite(length) and length >= 0):
+            raise ValueError("lengths must be finite and >= 0")
+        block = v if self._projection is None else v @ self._projection
+        out = np.empty(self.dim)
+        k = block.shape[0]
+        # the batch path's own operations (a reduce of the squares, one log1p over an
+        # array), so each element comes out identical
+        norm = np.sqrt(np.add.reduce(block * block))
+        np.divide(block, max(norm, _EPS), out=out[:k])
+        if self.log_length:
+            out[k] = np.log1p(np.array([length]))[0] / _LOG_LENGTH_SCALE
+        if self.bias:
+            out[-1] = 1.0
+        return out
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the features; compare before reusing a stored policy."""

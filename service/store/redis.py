@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -582,6 +583,19 @@ class RedisStore(Store):
         return f"{self.prefix}:models"
 
     # ---- decisions and feedback ------------------------------------------
+    # put_decision without an experiment: KEYS decision, due, snapshot meta; ARGV the
+    # record's expiry (unix ms), its deadline, its event id, then the hash's fields and
+    # values. The MULTI below as one script: one command for redis-py to pack and one
+    # reply to parse instead of six (~75 us of the route's CPU), atomic like the MULTI
+    # and as safe to run twice (the one retry on a dropped connection)
+    _PUT_DECISION = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return redis.call('HGET', KEYS[3], 'version')
+"""
+    _PUT_DECISION_SHA = hashlib.sha1(_PUT_DECISION.encode()).hexdigest()
+
     @_reachable
     async def put_decision(self, rec: DecisionRecord) -> int:
         k = self._k(rec.policy)
@@ -594,23 +608,34 @@ class RedisStore(Store):
         }
         if rec.awaits_cost:
             fields["ac"] = "1"
+        expire_ms = int((rec.deadline + self.grace_s + SWEEP_MARGIN_S) * 1000)
+        if rec.experiment is None:
+            client = self._redis()
+            argv: list[Any] = [expire_ms, repr(float(rec.deadline)), rec.event_id]
+            argv += [v for kv in fields.items() for v in kv]
+            try:
+                version = await client.evalsha(
+                    self._PUT_DECISION_SHA, 3, key, k.due, k.snapmeta, *argv
+                )
+            except rex.NoScriptError:  # a restarted Redis: EVAL loads it again
+                version = await client.eval(self._PUT_DECISION, 3, key, k.due, k.snapmeta, *argv)
+            return int(version or 0)
         # MULTI costs no extra round trip and never leaves a record without its TTL
         async with self._redis().pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
-            pipe.pexpireat(key, int((rec.deadline + self.grace_s + SWEEP_MARGIN_S) * 1000))
+            pipe.pexpireat(key, expire_ms)
             pipe.zadd(k.due, {rec.event_id: rec.deadline})
-            if rec.experiment is not None:
-                counters = k.counters(rec.experiment, rec.variant)
-                pipe.hincrby(counters, "decisions", 1)
-                if rec.unit is None:
-                    pipe.hincrby(counters, "anon", 1)
-                else:
-                    pipe.pfadd(k.units(rec.experiment, rec.variant), rec.unit)
-                await self._lua().decide(
-                    keys=[counters, k.unit_totals(rec.experiment, rec.variant)],
-                    args=[rec.unit or "", self._unit_ttl_ms],
-                    client=pipe,
-                )
+            counters = k.counters(rec.experiment, rec.variant)
+            pipe.hincrby(counters, "decisions", 1)
+            if rec.unit is None:
+                pipe.hincrby(counters, "anon", 1)
+            else:
+                pipe.pfadd(k.units(rec.experiment, rec.variant), rec.unit)
+            await self._lua().decide(
+                keys=[counters, k.unit_totals(rec.experiment, rec.variant)],
+                args=[rec.unit or "", self._unit_ttl_ms],
+                client=pipe,
+            )
             pipe.hget(k.snapmeta, "version")
             *_, version = await pipe.execute()
         return int(version or 0)

@@ -84,6 +84,26 @@ POSITIVES = [
     ("API key: 550e8400-e29b-41d4-a716-446655440000", "secret",
      "550e8400-e29b-41d4-a716-446655440000"),
     ("secret QWkynkPgzRNkXSFEWevCFwvyIP ref", "secret", "QWkynkPgzRNkXSFEWevCFwvyIP"),
+    # less common formats of the same entities
+    ("reach me at j.smith@[192.168.1.1]", "email", "j.smith@[192.168.1.1]"),
+    ("from abroad 0044 20 7946 0958.", "phone", "0044 20 7946 0958"),
+    ("Tel. (030) 1234 5678", "phone", "(030) 1234 5678"),
+    ("(+49 30 12345678)", "phone", "+49 30 12345678"),
+    ("card 4111.1111.1111.1111", "payment_card", "4111.1111.1111.1111"),
+    ("cc#4111111111111111", "payment_card", "4111111111111111"),
+    ("IBAN DE89-3704-0044-0532-0130-00", "iban", "DE89-3704-0044-0532-0130-00"),
+    ("iban de89 3704 0044 0532 0130 00", "iban", "de89 3704 0044 0532 0130 00"),
+    ("SSN#123-45-6789", "national_id", "123-45-6789"),
+    ("ssn: 123.45.6789", "national_id", "123.45.6789"),
+    ("NHS number 943 476 5919", "national_id", "943 476 5919"),
+    ("HF_TOKEN=hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "api_key",
+     "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+    ("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", "api_key",
+     "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"),
+    ("postgres://admin:S3cretPass@db.internal:5432/app", "secret", "S3cretPass"),
+    ("the wifi password is 'correct horse battery staple'", "secret",
+     "correct horse battery staple"),
+    ("pwd=letmein!", "secret", "letmein!"),
 ]  # fmt: skip
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1b2c3\n-----END RSA PRIVATE KEY-----"
@@ -128,6 +148,13 @@ NEGATIVES = [
     "sk-learn-compatible-estimators are nice",
     "icon@2x.png and @app.route('/x') and user@localhost",
     "sha256:e29c2f3600142e617d39ba088f2296964bb3fb82b015106d7cff3f27213b8e4a",
+    "apiKey: process.env.STRIPE_SECRET_KEY, re: user c9219a75-72c6-4506-8006-0887f06c0c3a",
+    "authToken: refreshAccessTokenIfExpired() - /items/683fe7a7-65c2-4b09-b7e5-8ca7c3ed19df",
+    "my password is wrong! and hf_snake_case_module_name_here_x",
+    "a dotted 123.45.6789 without its label",
+    "tracking 0024 2181 8888 and IBAN-like DE87-4586-9162-8525-2335-29",
+    "postgres://user:password@localhost/app and https://user:${TOKEN}@host",
+    "Visa ending in 1111; serial number 1234 5678 9012 3456; 4847-9556-7484-0388-510",
 ]
 
 

@@ -182,3 +182,14 @@ def bsn_ok(digits: str) -> bool:
         return False
     total = sum((9 - i) * (ord(c) - 48) for i, c in enumerate(digits[:8]))
     return (total - (ord(digits[8]) - 48)) % 11 == 0
+
+
+def nhs_ok(digits: str) -> bool:
+    """UK NHS number (10 digits): weights 10..2 on the first nine, 11 - sum mod 11 is
+    the tenth digit (11 -> 0; 10 never issued)."""
+    if len(digits) != 10 or not digits.isdigit():
+        return False
+    check = 11 - sum((10 - i) * (ord(c) - 48) for i, c in enumerate(digits[:9])) % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == ord(digits[9]) - 48

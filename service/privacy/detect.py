@@ -2,11 +2,14 @@
 
 The router needs one thing from a query before it chooses a model: the set of
 sensitive entity types in it (a rule then restricts the candidates to models allowed
-to see them). So detection is pattern based, pure and fast (about 0.2 ms for a
-500-character query): compiled regexes, a cheap pre-filter per entity (no card regex
-on a text with fewer than 13 digits, no e-mail scan without an '@'), no pattern that
-backtracks catastrophically, and a checksum or a context rule behind every pattern
-that would otherwise flag ordinary numbers.
+to see them). So detection is pattern based, pure and fast (well under 0.2 ms for a
+500-character query): the numeric runs of a text are found once and only those the
+digit recognisers can use are looked at (no card check on a run of fewer than 13
+digits), letter-led patterns start with a plain character class so the scan skips
+ahead in C, secret words are found with str.find on the lower-cased text, every
+other pattern has a cheap pre-filter ('@', '://', "-----BEGIN", "eyJ", the API key
+prefixes), no pattern backtracks catastrophically, and a checksum or a context rule
+stands behind every pattern that would otherwise flag ordinary numbers.
 
 A `Finding` holds the entity type, character offsets and a score, never the matched
 text, so that a finding can be logged as it is.
@@ -14,53 +17,67 @@ text, so that a finding can be logged as it is.
 What each entity covers (and what it deliberately does not):
 
 - ``email``: local@domain.tld, the domain with at least one dot and an alphabetic
-  TLD (image names such as ``icon@2x.png`` and ``@decorators`` are not e-mails).
-- ``phone``: E.164 (``+`` country code, 8-15 digits, spaces, dots, dashes or
-  brackets between groups); North American ``(415) 555-0132`` / ``415-555-0132`` /
-  ``415.555.0132`` (area and exchange codes start with 2-9); European trunk-prefix
-  numbers (``020 7946 0958``, ``030 12345678``, ``089/1234567``, ``01 23 45 67 89``:
-  a leading 0 then 1-9, 9-12 digits, one kind of separator, not a date and not
-  the 4-4-4 grouping of parcel numbers). A bare run of 10-12 digits counts
-  only right after a word such as "phone", "call me on" or "mobile no.". Runs of seven digits or
-  fewer (``555-0132``, extensions, PINs) are never phones.
+  TLD, or an IP literal (``j.smith@[192.168.1.1]``); image names such as
+  ``icon@2x.png``, ``@decorators`` and ``user@localhost`` are not e-mails.
+- ``phone``: E.164 (``+`` or ``00``, a country code, 8-15 digits, spaces, dots,
+  dashes or brackets between groups: ``+44 (0)20 7946 0958``); North American
+  ``(415) 555-0132`` / ``415-555-0132`` / ``415.555.0132`` (area and exchange codes
+  start with 2-9); European trunk-prefix numbers (``020 7946 0958``,
+  ``030 12345678``, ``089/1234567``, ``(030) 1234 5678``, ``01 23 45 67 89``: 0
+  then 1-9, 9-12 digits, one kind of separator, not a date, not the 4-4-4 grouping
+  of parcel numbers). A bare run of 10-12 digits counts only right after a word
+  such as "phone", "call me on" or "mobile no.". Seven digits or fewer
+  (``555-0132``, extensions, PINs) are never a phone.
 - ``payment_card``: 13-19 digits, contiguous or in groups of four (Amex/Diners
-  4-6-5 / 4-6-4), spaces or dashes used consistently; a known network's IIN range
-  and length (Visa, Mastercard incl. 2-series, Amex, Discover, JCB, Diners,
-  UnionPay, Maestro, Mir); the Luhn check. A valid number right after a word such as
-  "order", "invoice", "tracking" or "ISBN" (with no "card"/"visa"/"payment" word
-  near) is not a card: one random digit run in ~20 passes IIN and Luhn by chance.
-- ``iban``: upper-case country code, check digits and BBAN, contiguous or in groups
-  of four; the country's length (checksums.IBAN_LENGTHS) and ISO 7064 mod 97.
-  Lower-case IBANs are not recognised.
-- ``national_id``: US SSN (``123-45-6789`` or with spaces; area not 000/666/9xx,
-  group not 00, serial not 0000; nine bare digits only after "SSN" / "social
-  security"); UK National Insurance number (HMRC's prefix letters, suffix A-D);
-  Spanish DNI and NIE with their mod-23 control letter (the checksum-validated EU
-  format); Dutch BSN with the 11-check, only after "BSN" / "burgerservicenummer" /
-  "sofinummer" (one nine-digit run in eleven passes the 11-check by chance).
+  4-6-5 / 4-6-4), spaces or dashes used consistently (or dots between fours); a
+  known network's IIN range and length (Visa, Mastercard incl. 2-series, Amex,
+  Discover, JCB, Diners, UnionPay, Maestro, Mir); the Luhn check. A valid number
+  labelled as something else ("order no.", "invoice #", "tracking", "ISBN", with no
+  "card"/"visa"/"payment" word near) is not a card: one random digit run in ~20
+  passes IIN and Luhn by chance. A 19-digit run is one number (not a card and
+  three digits); a card inside a longer run of fours is a parcel number's digits.
+- ``iban``: country code, check digits and BBAN, contiguous or in groups of four
+  (spaces or dashes); the country's length (checksums.IBAN_LENGTHS) and ISO 7064
+  mod 97. Upper case, or any case in a text that says "IBAN".
+- ``national_id``: US SSN (``123-45-6789``, spaces too, dots after "SSN"; area not
+  000/666/9xx, group not 00, serial not 0000; nine bare digits only after "SSN" /
+  "social security"); UK National Insurance number (HMRC's prefix letters, suffix
+  A-D); Spanish DNI and NIE with their mod-23 control letter (the checksum-validated
+  EU format); Dutch BSN with the 11-check, only after "BSN" / "burgerservicenummer"
+  / "sofinummer" (one nine-digit run in eleven passes the 11-check by chance); UK
+  NHS number with its mod-11 check, only after "NHS" (its 3-3-4 grouping is a
+  phone's). Not covered: other national formats (German Steuer-ID, Italian codice
+  fiscale, French NIR, ...).
 - ``ip_address``: IPv4 (four octets each <= 255, not part of a longer dotted run,
   not right after "version", "v", "build", ...) and IPv6 (full or compressed, with
-  at least two non-empty groups and a digit, validated by `ipaddress`; ``::1`` and
-  MAC addresses are not flagged).
+  at least two non-empty groups and a digit, validated by `ipaddress`; ``::1``,
+  ``std::vector`` and MAC addresses are not flagged).
 - ``api_key``: provider keys by their prefix and shape: OpenAI/Anthropic ``sk-``,
-  ``sk-proj-``, ``sk-ant-`` (body with upper, lower and digits, so ``sk-learn`` is
-  not a key), GitHub ``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``, Slack
+  ``sk-proj-``, ``sk-ant-`` (body with upper, lower and digits, so ``sk-learn-...``
+  is not a key), GitHub ``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``, Slack
   ``xox[baprs]-``, AWS ``AKIA``/``ASIA`` + 16, Google ``AIza`` + 35, Stripe
-  ``sk_live_``/``rk_live_`` (and ``_test_``), GitLab ``glpat-``.
-- ``secret``: PEM private-key blocks, JWTs (``eyJ...\\.eyJ...\\.sig``), a password
-  assigned or stated (``password: Summer2024!``, ``pwd=...``, "my password is ..."),
-  and generic high-entropy tokens after a word such as key, token, secret,
-  password, credential or bearer (the value when the word is assigned, ``KEY=...``,
-  ``"token": "..."``; else the first one within 40 characters on the same line):
-  at least 24 characters of
-  base64/hex alphabet with letters and digits, and either all-hex with Shannon
-  entropy >= 3.0 bits/char, or entropy >= 3.6 with class changes between lower,
-  upper and digit on >= 30% of adjacent pairs (random base62 tokens of 24+
-  characters: p01 entropy 3.9, p01 class-change ratio 0.35; long camelCase and
-  snake_case identifiers mostly fall below one or the other). So a UUID or a git SHA
-  is flagged only right after such a word ("API key: 550e8400-...", "token
-  3f786850e3..."), never in ordinary text ("request id 550e8400-...", "commit
-  3f786850e3...").
+  ``sk_live_``/``rk_live_`` (and ``_test_``), GitLab ``glpat-``, Hugging Face
+  ``hf_`` (mixed case), SendGrid ``SG.x.y``, npm ``npm_``, PyPI ``pypi-AgE...``,
+  Twilio ``SK`` + 32 hex.
+- ``secret``: PEM private-key blocks, JWTs (``eyJ...\\.eyJ...\\.sig``), the password
+  in a URL (``postgres://user:pw@host``), a password assigned or stated
+  (``password: Summer2024!``, ``pwd=letmein!``, "my password is 'a b c'"; in prose
+  an unquoted all-lower-case word such as "wrong!" is not taken for one), and
+  generic high-entropy tokens after a secret word (key, token, secret, password,
+  credential, bearer, auth; as a word or the last camelCase part: "apiKey", not
+  "keyboard", "tokenizer" or "keyId"): the value when the word is assigned
+  (``KEY=...``, ``"token": "..."``), else the first token within 40 characters on
+  the same line, stopping at another name's value (``id=...``) or a value-like word
+  (``Passw0rd&3``). A token is at least 24 characters of the base64/hex alphabet,
+  not a URL path, and either all-hex with Shannon entropy >= 3.0 bits/char, or with
+  digits, entropy >= 3.6 and class changes between lower, upper and digit on >= 30%
+  of adjacent pairs (random base62 tokens of 24+ characters: p01 entropy 3.9, p01
+  class-change ratio 0.35; camelCase and snake_case identifiers mostly fall below
+  one or the other), or letters only with both cases, two upper-case pairs ("BF";
+  camelCase rarely has any) and the same entropy and class-change floors. So a UUID
+  or a git SHA is flagged only right after such a word ("API key: 550e8400-...",
+  "token 3f786850e3..."), never in ordinary text ("request id 550e8400-...",
+  "commit 3f786850e3...").
 
 Overlapping findings resolve to the highest score (then the longest), so a text
 position is reported as one entity.
@@ -161,13 +178,14 @@ def _is_alnum(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
-def _digit_bounded(text: str, start: int, end: int) -> bool:
-    """No letter, digit, '_', '#', '+', '/', '.', '-' joined to the span, and no group
-    of digits one space away when the span itself groups its digits with spaces (then
-    it would be part of a longer run: "0171 1234567 89")."""
+def _digit_bounded(text: str, start: int, end: int, glue: str = "#+/.-") -> bool:
+    """No letter, digit, '_' or `glue` character joined to the span on its left, no
+    letter, digit, '_', '/', '-' or decimal on its right, and no group of digits one
+    space away when the span itself groups its digits with spaces (then it would be
+    part of a longer run: "0171 1234567 89")."""
     if start > 0:
         b = text[start - 1]
-        if _is_alnum(b) or b in "#+/.-":
+        if _is_alnum(b) or b in glue:
             return False
     n = len(text)
     if end < n:
@@ -175,7 +193,12 @@ def _digit_bounded(text: str, start: int, end: int) -> bool:
         if _is_alnum(a) or a in "/-" or (a in ".," and end + 1 < n and text[end + 1].isdigit()):
             return False
     if " " in text[start:end]:
-        if start > 1 and text[start - 1] == " " and text[start - 2].isdigit():
+        if (
+            start > 1
+            and text[start].isdigit()
+            and text[start - 1] == " "
+            and text[start - 2].isdigit()
+        ):
             k = start - 2
             while k > 0 and text[k - 1].isdigit():
                 k -= 1
@@ -233,6 +256,7 @@ Recogniser = Callable[[str, _Scan, Emit], None]
 
 _LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-'")
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63}){1,8}")
+_IP_LITERAL = re.compile(r"\[\d{1,3}(?:\.\d{1,3}){3}\]")
 _FILE_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "pdf"})
 
 
@@ -245,6 +269,10 @@ def _email(text: str, _sc: _Scan, out: Emit) -> None:
             i -= 1
         while i < at and text[i] in ".'":
             i += 1
+        if i < at and text.startswith("[", at + 1):  # j.smith@[192.168.1.1]
+            lit = _IP_LITERAL.match(text, at + 1)
+            if lit is not None:
+                out.append(Finding("email", i, lit.end(), 0.9))
         m = _DOMAIN.match(text, at + 1)
         if m is not None and i < at and text[at - 1] != "." and (i == 0 or text[i - 1] != "@"):
             labels = m.group().split(".")
@@ -269,12 +297,22 @@ _PHONE_NANP = re.compile(
     r"\d{3}[ .\-]\d{4}"
 )
 _PHONE_BARE = re.compile(r"[0-9](?<![\w.][0-9])[0-9]{9,11}(?![0-9])")
+_PHONE_00 = re.compile(r"00(?P<cc>[1-9]\d{0,2}) [\d .\-()]{5,22}\d")
+# one- and two-digit country calling codes (three-digit ones are taken as they come)
+_COUNTRY_CODES = frozenset(
+    "1 7 20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 "
+    "60 61 62 63 64 65 66 81 82 84 86 90 91 92 93 94 95 98".split()
+)
+_PARCEL_444 = re.compile(r"\d{4} \d{4} \d{4}$")  # 0024 2181 8888: a parcel number
+_PHONE_TRUNK_PAREN = re.compile(
+    r"\(0[1-9]\d{0,3}\) ?\d{2,8}(?:([ .\-/])\d{2,8}(?:\1\d{2,8}){0,2})?"
+)
 _PHONE_TRUNK = re.compile(r"(?<![\w+#./\-])0[1-9]\d{0,3}(?:[ .\-/]\d{2,8}){1,4}")
 # dd.mm.yyyy (or with / or -), alone or before a time: a date, not a phone
 _DATE_LIKE = re.compile(r"\d{1,2}([./\-])\d{1,2}\1(?:\d{4}|\d{2})(?: |$)")
 _SEPS = frozenset(" .-/")
 # "NL71 PFOM " right before a number: the number continues an IBAN-shaped run
-_IBAN_RUN = re.compile(r"\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4})* $")
+_IBAN_RUN = re.compile(r"\b[A-Z]{2}\d{2}(?:([ \-])[A-Z0-9]{4}(?:\1[A-Z0-9]{4})*)?[ \-]$")
 
 
 def _intl_end(s: str) -> int:
@@ -317,13 +355,15 @@ def _trunk_ok(cand: str) -> bool:
     return _DATE_LIKE.match(cand) is None
 
 
-def _intl(text: str, m: re.Match[str], out: Emit) -> None:
+def _intl(text: str, m: re.Match[str], out: Emit, lead: int = 0) -> None:
+    """An international number from its candidate match; `lead`: digits of an
+    international prefix ("00") that E.164's 15 do not count."""
     s = m.start()
     cand = m.group()
     prefix = cand[: _intl_end(cand)]
     n = len(text)
     while True:
-        digits = sum(c.isdigit() for c in prefix)
+        digits = sum(c.isdigit() for c in prefix) - lead
         e = s + len(prefix)
         edge_ok = e >= n or not (_is_alnum(text[e]) or text[e] in "/-")
         if digits <= 15 and edge_ok:
@@ -337,14 +377,53 @@ def _intl(text: str, m: re.Match[str], out: Emit) -> None:
         out.append(Finding("phone", s, e, 0.85))
 
 
+def _phone_at(text: str, st: int, e0: int, nd: int, out: Emit) -> None:
+    """An international (``+``, ``00``) or bracketed trunk number starting at `st`."""
+    while text.startswith("((", st):
+        st += 1
+    if st + 1 >= e0:
+        return
+    h = st + 1 if text[st] == "(" and text[st + 1] != "0" or text.startswith("(00", st) else st
+    if text[h] == "+":  # a bracket may open before it: "(+44 20 ...)"
+        m = _PHONE_INTL.match(text, h, e0)
+        if m is not None:
+            _intl(text, m, out)
+    elif text.startswith("00", h) and " " in text[h : h + 6]:
+        m = _PHONE_00.match(text, h, e0)  # "0044 20 7946 0958"
+        if (
+            m is not None
+            and (h == 0 or not _is_alnum(text[h - 1]))
+            and (m.end("cc") - m.start("cc") == 3 or m.group("cc") in _COUNTRY_CODES)
+            and not _PARCEL_444.match(m.group())
+            and not _near_before(_IBAN_RUN, text, h, 40)
+        ):
+            _intl(text, m, out, lead=2)
+    elif text[st] == "(" and nd >= 9:
+        m = _PHONE_TRUNK_PAREN.match(text, st, e0)  # "(030) 1234 5678"
+        if m is not None:
+            cand = m.group()
+            close = cand.index(")")
+            cuts = [k for k, c in enumerate(cand) if c in _SEPS and k > close + 1]
+            for cut in reversed([*cuts, len(cand)]):
+                if 9 <= _count_digits(cand[:cut]) <= 12 and _digit_bounded(text, st, st + cut):
+                    out.append(Finding("phone", st, st + cut, 0.7))
+                    break
+
+
 def _phone(text: str, sc: _Scan, out: Emit) -> None:
     for s0, e0, nd in sc.chunks:
         if nd < 8:
             continue
-        if text[s0] == "+":
-            m = _PHONE_INTL.match(text, s0, e0)
-            if m is not None:
-                _intl(text, m, out)
+        # an international or bracketed number starts the run or follows a space in it
+        starts = [s0]
+        for ch in "+(":
+            k = text.find(ch, s0 + 1, e0)
+            while k != -1:
+                if text[k - 1] == " ":
+                    starts.append(k)
+                k = text.find(ch, k + 1, e0)
+        for st in starts:
+            _phone_at(text, st, e0, nd, out)
         if nd >= 10:
             for m in _PHONE_NANP.finditer(text, s0, e0):
                 s, e = m.span()
@@ -380,6 +459,8 @@ def _phone(text: str, sc: _Scan, out: Emit) -> None:
 
 _DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
 _RUN_SPLIT = re.compile(r"[ \-]")
+# dots between groups of four, the whole run ("4111.1111.1111.1111")
+_DOTTED_CARD = re.compile(r"(?<![\w.])\d{4}\.\d{4}\.\d{4}\.\d{4}(?:\.\d{1,3})?(?![\w]|\.\d)")
 
 
 def _card_grouping(lengths: list[int]) -> bool:
@@ -451,7 +532,12 @@ def _card_in_run(s: int, run: str, head_glued: bool, tail_glued: bool, out: Emit
         # grouping of fours ("9400 4568 1226 1038 0857 74" is a parcel number)
         i = lo
         while i <= hi:
-            if i == a or i == lo or (i == a + 1 and a > 0) or len(groups[i - 1]) != 4:
+            if (
+                i in (a, lo)
+                or (i == a + 1 and a > 0)
+                or len(groups[i - 1]) != 4
+                or len(groups[i]) >= 13
+            ):
                 end = next((j for j in range(hi, i - 1, -1) if _card_window(groups, i, j)), -1)
                 if end >= 0:
                     emit(i, end)
@@ -468,6 +554,11 @@ def _card(text: str, sc: _Scan, out: Emit) -> None:
 
 
 def _card_chunk(text: str, n: int, s0: int, e0: int, out: Emit) -> None:
+    found: Emit = []
+    if text.count(".", s0, e0) >= 3:
+        for m in _DOTTED_CARD.finditer(text, s0, e0):
+            if cs.is_card_number(m.group().replace(".", "")):
+                found.append(Finding("payment_card", m.start(), m.end(), 0.95))
     for m in _DIGIT_RUN.finditer(text, s0, e0):
         s, e = m.span()
         if e - s < 13:
@@ -475,7 +566,7 @@ def _card_chunk(text: str, n: int, s0: int, e0: int, out: Emit) -> None:
         # glued: joined to a word, a '#', a decimal or a time ("19:18 4624 ...")
         head_glued = s > 0 and (
             _is_alnum(text[s - 1])
-            or text[s - 1] in "#+/.-"
+            or text[s - 1] in "+/.-"
             or (text[s - 1] == ":" and s > 1 and text[s - 2].isdigit())
         )
         tail_glued = e < n and (
@@ -483,37 +574,42 @@ def _card_chunk(text: str, n: int, s0: int, e0: int, out: Emit) -> None:
             or text[e] == "/"
             or (text[e] in ".,:" and e + 1 < n and text[e + 1].isdigit())
         )
-        found: Emit = []
         _card_in_run(s, m.group(), head_glued, tail_glued, found)
-        for f in found:
-            if _near_before(_NOT_CARD_CTX, text, f.start, 40) and not _near_before(
-                _CARD_CTX, text, f.start, 24
-            ):
-                continue
-            if _near_before(_IBAN_RUN, text, f.start, 40):
-                continue  # digits continuing an IBAN-shaped run ("IE95 SNVP 3022 ...")
-            out.append(f)
+    for f in found:
+        if _near_before(_NOT_CARD_CTX, text, f.start, 40) and not _near_before(
+            _CARD_CTX, text, f.start, 24
+        ):
+            continue
+        grouped = " " in text[f.start : f.end] or "-" in text[f.start : f.end]
+        if grouped and _near_before(_IBAN_RUN, text, f.start, 40):
+            continue  # groups continuing an IBAN-shaped run ("IE95 SNVP 3022 ...")
+        out.append(f)
 
 
 # --- IBAN ----------------------------------------------------------------------------
 
 # the lookbehind comes after the first letter, so the scan skips to capitals in C
-_IBAN = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?")
+_IBAN = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,4})?")
+# lower or mixed case: only in a text that says "IBAN" (a scan over every letter is slow)
+_IBAN_ANY_CASE = re.compile(
+    r"(?i)[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,4})?"
+)
 
 
 def _iban(text: str, sc: _Scan, out: Emit) -> None:
     if sc.digits < 8:
         return
+    pattern = _IBAN_ANY_CASE if "iban" in sc.lower else _IBAN
     pos = 0
     n = len(text)
     while True:
         # a manual scan: a match that ran into the next IBAN resumes where this one ends
-        m = _IBAN.search(text, pos)
+        m = pattern.search(text, pos)
         if m is None:
             return
         s = m.start()
         pos = s + 1
-        length = cs.IBAN_LENGTHS.get(text[s : s + 2])
+        length = cs.IBAN_LENGTHS.get(text[s : s + 2].upper())
         if length is None:
             continue
         # take the country's length in alphanumerics; the match may have run into the
@@ -522,8 +618,8 @@ def _iban(text: str, sc: _Scan, out: Emit) -> None:
         compact: list[str] = []
         end = s
         for k, ch in enumerate(cand):
-            if ch != " ":
-                compact.append(ch)
+            if ch not in " -":
+                compact.append(ch.upper())
                 if len(compact) == length:
                     end = s + k + 1
                     break
@@ -538,8 +634,10 @@ def _iban(text: str, sc: _Scan, out: Emit) -> None:
 
 # --- national identifiers ------------------------------------------------------------
 
-_SSN = re.compile(r"(?<![\w+#./\-])(\d{3})([ \-])(\d{2})\2(\d{4})")
+_SSN = re.compile(r"(?<![\w+./\-])(\d{3})([ .\-])(\d{2})\2(\d{4})")
 _NINE = re.compile(r"(?<![\w.])(?:\d{9}|\d{4}\.\d{2}\.\d{3})(?![\w.])")
+_NHS = re.compile(r"(?<![\w.])\d{3}([ \-]?)\d{3}\1\d{4}")
+_NHS_CTX = re.compile(r"(?i)\bnhs(?: (?:number|no\.?))?\b")
 _NINO = re.compile(r"([A-Z])(?<!\w[A-Z])([A-Z])( ?)\d{2}\3\d{2}\3\d{2}\3[A-D]")
 _DNI = re.compile(r"(?<![\w#/.\-])([XYZ][ \-]?\d{7}|\d{8})[ \-]?([A-Z])(?!\w)")
 
@@ -553,7 +651,11 @@ def _national_id(text: str, sc: _Scan, out: Emit) -> None:
         if nd >= 9:
             for m in _SSN.finditer(text, s0, e0):
                 s, e = m.span()
-                if cs.ssn_ok(m.group(1), m.group(3), m.group(4)) and _digit_bounded(text, s, e):
+                if not cs.ssn_ok(m.group(1), m.group(3), m.group(4)):
+                    continue
+                if m.group(2) == "." and not _near_before(_SSN_CTX, text, s, 32):
+                    continue  # 123.45.6789 only after "SSN"
+                if _digit_bounded(text, s, e, glue="+/.-"):  # "SSN#123-45-6789" is fine
                     out.append(Finding("national_id", s, e, 0.85))
         if nd >= 8:
             if ctx is None:
@@ -564,11 +666,29 @@ def _national_id(text: str, sc: _Scan, out: Emit) -> None:
                 )
             if ctx[0] or ctx[1]:
                 _nine(text, s0, e0, ctx, out)
-        if nd >= 7:
+        if nd >= 7 and (
+            # the control letter after the digits, or a NIE's X/Y/Z before them
+            (e0 < n and text[e0].isupper())
+            or (e0 + 1 < n and text[e0] in " -" and text[e0 + 1].isupper())
+            or text[max(0, s0 - 2) : s0].strip(" -")[-1:] in ("X", "Y", "Z")
+        ):
             for m in _DNI.finditer(text, max(0, s0 - 2), min(n, e0 + 2)):
                 s, e = m.span()
                 body = m.group(1).replace(" ", "").replace("-", "")
                 if cs.dni_ok(body, m.group(2)) and _word_bounded(text, s, e):
+                    out.append(Finding("national_id", s, e, 0.9))
+    if "nhs" in sc.lower:
+        for s0, e0, nd in sc.chunks:
+            if nd < 10:
+                continue
+            for m in _NHS.finditer(text, s0, e0):
+                s, e = m.span()
+                if (
+                    cs.nhs_ok(m.group().replace(" ", "").replace("-", ""))
+                    and _digit_bounded(text, s, e)
+                    and _near_before(_NHS_CTX, text, s, 32)
+                    and not _near_before(_ISBN_CTX, text, s, 12)
+                ):
                     out.append(Finding("national_id", s, e, 0.9))
     for m in _NINO.finditer(text):
         s, e = m.span()
@@ -627,9 +747,30 @@ def _ip(text: str, sc: _Scan, out: Emit) -> None:
             spans.add((lo, hi))
             p = text.find("::", hi)
         if text.count(":") >= 7:
-            spans.update(f.span() for f in _IPV6_FULL.finditer(text))
+            lo = _colon_cluster(text)  # seven colons at most five apart: a full form
+            if lo >= 0:
+                spans.update(f.span() for f in _IPV6_FULL.finditer(text, lo))
         for s, e in sorted(spans):
             _ipv6(text, s, e, out)
+
+
+def _colon_cluster(text: str) -> int:
+    """Where the first run of seven colons, each within five characters of the last,
+    starts (-1: none), so the full-form IPv6 pattern scans only from there."""
+    start = prev = text.find(":")
+    count = 1
+    while prev != -1:
+        k = text.find(":", prev + 1)
+        if k == -1:
+            return -1
+        if k - prev <= 5:
+            count += 1
+            if count >= 7:
+                return max(0, start - 4)
+        else:
+            start, count = k, 1
+        prev = k
+    return -1
 
 
 def _ipv6(text: str, s: int, e: int, out: Emit) -> None:
@@ -661,6 +802,11 @@ _API_KEY = re.compile(
     r"|AIza[0-9A-Za-z_\-]{35}"
     r"|(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}"
     r"|glpat-[0-9A-Za-z_\-]{20,}"
+    r"|hf_(?P<hf>[A-Za-z0-9]{30,})"
+    r"|SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{30,50}"
+    r"|npm_[A-Za-z0-9]{36}"
+    r"|pypi-AgE[A-Za-z0-9_\-]{50,}"
+    r"|SK[0-9a-f]{32}"
 )
 
 
@@ -678,6 +824,7 @@ def _mixed(body: str) -> bool:
 
 _API_PREFIXES = (
     "sk-", "sk_", "rk_", "gh", "github_pat_", "xox", "AKIA", "ASIA", "AIza", "glpat-",
+    "hf_", "SG.", "npm_", "pypi-", "SK",
 )  # fmt: skip
 
 
@@ -693,6 +840,9 @@ def _api_key(text: str, _sc: _Scan, out: Emit) -> None:
         body = m.group("body")
         if body is not None and not _mixed(body):
             continue
+        hf = m.group("hf")
+        if hf is not None and (hf == hf.lower() or hf == hf.upper()):
+            continue  # "hf_" + a snake_case name is not a token
         out.append(Finding("api_key", s, e, 0.95))
 
 
@@ -708,11 +858,16 @@ _SECRET_WORDS = (
 )  # fmt: skip
 _PASSWORD_WORDS = frozenset({"password", "passwd", "pwd", "passcode", "passphrase"})
 _TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{24,}={0,2}")
+_PATH = re.compile(r"/[a-z]{2,}/")  # "/items/683f...": a URL path, not base64
 _CHUNK = re.compile(r"[^\s\"'`()\[\]{}<>,;]+")
 # after a password word: an assignment or "is"/"was", then the value
 _PASSWORD_VALUE = re.compile(
-    r"(?:\s*(?P<op>[:=])\s*|\s+(?i:is|was)\s*:?\s*)(?P<q>[\"'`]?)(?P<v>[^\s\"'`]{6,64})"
+    r"(?:\s*(?P<op>[:=])\s*|\s+(?i:is|was)\s*:?\s*)"
+    r"(?:(?P<q>[\"'`])(?P<qv>[^\"'`\n]{6,64})(?P=q)|(?P<v>[^\s\"'`]{6,64}))"
 )
+_PLACEHOLDER_WORDS = ("your", "password", "example", "placeholder", "changeme", "xxx", "***")
+# scheme://user:password@host
+_URL_CREDENTIALS = re.compile(r"\b[a-z][a-z0-9+.\-]{1,15}://[^\s:/@]{1,64}:([^\s@/]{3,128})@")
 _PLACEHOLDER_START = frozenset("$<{%*[(")
 _HEX = frozenset("0123456789abcdefABCDEF")
 SECRET_WINDOW = 40  # characters after a secret word (same line) within which a token counts
@@ -780,12 +935,21 @@ def looks_random(token: str) -> bool:
     return shannon_entropy(core) >= ENTROPY_OTHER and _class_changes(core) >= CLASS_CHANGES
 
 
+def _placeholder(v: str) -> bool:
+    low = v.lower()
+    return (
+        v[0] in _PLACEHOLDER_START
+        or set(v) <= {"*", "x", "X", "."}
+        or any(w in low for w in _PLACEHOLDER_WORDS)
+    )
+
+
 def _password_value_ok(v: str, assigned: bool) -> bool:
     """A stated password, not a placeholder ("********", "${DB_PASSWORD}", a call) or a
     word: letters with a digit or a symbol inside; or, when assigned (``pwd=...``,
     ``password: ...``), with a trailing symbol ("letmein!"); or, in prose ("my
     password is ..."), mixed case with a trailing symbol ("Sunshine!", not "wrong!")."""
-    if v[0] in _PLACEHOLDER_START or "(" in v or "[" in v or set(v) <= {"*", "x", "X", "."}:
+    if _placeholder(v) or "(" in v or "[" in v:
         return False
     if not any(c.isalpha() for c in v):
         return False
@@ -801,8 +965,8 @@ def _password_value_ok(v: str, assigned: bool) -> bool:
 
 def _keywords(text: str, lower: str) -> list[tuple[int, int, str]]:
     """The secret words in `text` as (start, end, word), sorted: a word not preceded
-    by a letter (so "monkey", "tokenizer" do not count), or a camelCase part
-    ("apiKey", "authToken"); an "s" may follow; no lower-case letter after it."""
+    by a letter (so "monkey" does not count), or a camelCase part ("apiKey",
+    "authToken"); an "s" may follow; no letter after it ("tokenizer", "keyId")."""
     found: list[tuple[int, int, str]] = []
     n = len(text)
     for word in _SECRET_WORDS:
@@ -816,7 +980,8 @@ def _keywords(text: str, lower: str) -> list[tuple[int, int, str]]:
                 ok_left = True  # camelCase
             if not ok_left and word == "key" and lower.endswith("api", 0, p):
                 ok_left = p == 3 or not text[p - 4].isalpha()  # apikey
-            if ok_left and not (e < n and text[e].islower()):
+            # the word ends its identifier: "keyboard", "keyId", "tokenIfExpired" do not count
+            if ok_left and not (e < n and text[e].isalpha()):
                 found.append((p, e, word))
             p = lower.find(word, p + 1)
     found.sort()
@@ -832,16 +997,22 @@ def _secret(text: str, sc: _Scan, out: Emit) -> None:
         for m in _JWT.finditer(text):
             if _word_bounded(text, m.start(), m.end()):
                 out.append(Finding("secret", m.start(), m.end(), 0.9))
+    if "://" in text:
+        for m in _URL_CREDENTIALS.finditer(text):
+            if not _placeholder(m.group(1)):
+                out.append(Finding("secret", m.start(1), m.end(1), 0.97))
     n = len(text)
     for ks, ke, word in _keywords(text, sc.lower):
         if word in _PASSWORD_WORDS:
             pm = _PASSWORD_VALUE.match(text, ke)
             if pm is not None:
-                v = pm.group("v")
-                if pm.group("q") == "":
-                    v = v.rstrip(".,;:)]}>")
-                if _password_value_ok(v, pm.group("op") is not None):
-                    vs = pm.start("v")
+                if pm.group("qv") is not None:  # quoted: a passphrase may have spaces
+                    v, vs = pm.group("qv"), pm.start("qv")
+                    ok = not _placeholder(v) and any(c.isalpha() for c in v)
+                else:
+                    v, vs = pm.group("v").rstrip(".,;:)]}>"), pm.start("v")
+                    ok = bool(v) and _password_value_ok(v, pm.group("op") is not None)
+                if ok:
                     out.append(Finding("secret", vs, vs + len(v), 0.6))
         a = _ASSIGN.match(text, ke)
         if a is not None:
@@ -853,6 +1024,10 @@ def _secret(text: str, sc: _Scan, out: Emit) -> None:
             continue  # the end of a quoted name or path ('OPENAI_API_KEY'], PEM armour)
         if ks > 0 and text[ks - 1] == "/":
             continue  # a path: prod/db/credentials
+        if (ks > 0 and (_is_alnum(text[ks - 1]) or text[ks - 1] == ".")) or (
+            ke < n and _is_alnum(text[ke])
+        ):
+            continue  # part of a name not assigned here (process.env.STRIPE_SECRET_KEY)
         hi = min(n, ke + SECRET_WINDOW)
         nl = text.find("\n", ke, hi)
         if nl != -1:
@@ -862,7 +1037,7 @@ def _secret(text: str, sc: _Scan, out: Emit) -> None:
             t = _TOKEN.search(c)
             if t is not None and 0 <= max(c.find("="), c.find(":")) < t.start():
                 break  # another name's value ("id=...", "sha256:..."): stop
-            if t is not None and looks_random(t.group()):
+            if t is not None and not _PATH.match(t.group()) and looks_random(t.group()):
                 s = chunk.start() + t.start()
                 full = _TOKEN.match(text, s)  # the window may have cut the token short
                 out.append(Finding("secret", s, full.end() if full else s + len(t.group()), 0.75))

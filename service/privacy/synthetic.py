@@ -156,8 +156,13 @@ def email(r: random.Random) -> str:
             f"{f}",
         ]
     )
+    u = r.random()
+    if u < 0.02:  # an IP-literal domain
+        return f"{local}@[{ipv4(r)}]"
     addr = f"{local}@{r.choice(DOMAINS)}"
-    return addr.title() if r.random() < 0.1 else addr
+    if u < 0.07:
+        return addr.upper()
+    return addr.title() if u < 0.15 else addr
 
 
 def phone(r: random.Random) -> str:
@@ -196,6 +201,10 @@ def phone(r: random.Random) -> str:
             f"+91 9{d(r, 4)} {d(r, 5)}",
             f"+61 4{d(r, 2)} {d(r, 3)} {d(r, 3)}",
             f"+{r.choice(['44', '49', '33', '34', '39'])}{d(r, 10)}",
+            f"+1.{a}.{e}.{ln}",
+            f"({r.choice(['030', '040', '089', '0221'])}) {d(r, 4)} {d(r, 4)}",
+            f"00{r.choice(['44', '49', '33', '31'])} {d(r, 2)} {d(r, 4)} {d(r, 4)}",
+            f"+49 (0) {r.choice(['30', '40', '89'])} {d(r, 8)}",
         ]
     )
     return fmt
@@ -234,6 +243,8 @@ def format_card(r: random.Random, digits: str) -> str:
     style = r.random()
     if style < 0.35:
         return digits
+    if style > 0.95 and n == 16:
+        return ".".join(digits[i : i + 4] for i in range(0, n, 4))
     sep = " " if style < 0.75 else "-"
     if n == 15 or (n == 14 and r.random() < 0.5):
         return sep.join([digits[:4], digits[4:10], digits[10:]])
@@ -278,8 +289,11 @@ def _iban_compact(r: random.Random) -> str:
 
 
 def format_iban(r: random.Random, compact: str) -> str:
-    if r.random() < 0.6:
+    u = r.random()
+    if u < 0.55:
         return " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
+    if u < 0.65:
+        return "-".join(compact[i : i + 4] for i in range(0, len(compact), 4))
     return compact
 
 
@@ -350,7 +364,7 @@ def _b64url(raw: bytes) -> str:
 
 
 def api_key(r: random.Random) -> str:
-    kind = r.randrange(11)
+    kind = r.randrange(16)
     if kind == 0:
         return "sk-" + _rand(r, B62, 48)
     if kind == 1:
@@ -371,7 +385,17 @@ def api_key(r: random.Random) -> str:
         return f"{r.choice(['sk', 'rk'])}_{r.choice(['live', 'test'])}_" + _rand(r, B62, 24)
     if kind == 9:
         return "glpat-" + _rand(r, B64URL, 20)
-    return "sk-" + _rand(r, B62, 20) + "T3BlbkFJ" + _rand(r, B62, 20)
+    if kind == 10:
+        return "sk-" + _rand(r, B62, 20) + "T3BlbkFJ" + _rand(r, B62, 20)
+    if kind == 11:
+        return "hf_" + _rand(r, string.ascii_letters, 34)
+    if kind == 12:
+        return f"SG.{_rand(r, B64URL, 22)}.{_rand(r, B64URL, 43)}"
+    if kind == 13:
+        return "npm_" + _rand(r, B62, 36)
+    if kind == 14:
+        return "pypi-AgEIcHlwaS5vcmc" + _rand(r, B64URL, r.randint(60, 120))
+    return "SK" + _rand(r, HEXL, 32)
 
 
 def jwt(r: random.Random) -> str:
@@ -815,10 +839,14 @@ CARRIERS: dict[str, list[str]] = {
 
 def _national(r: random.Random) -> tuple[str, str]:
     """A national id and the carrier that names it (an ID needs its label to be one)."""
-    kind = r.randrange(5)
+    kind = r.randrange(6)
     if kind == 0:
         a, g, s = _ssn_parts(r)
-        return r.choice([f"{a}-{g}-{s}", f"{a} {g} {s}"]), r.choice(CARRIERS["national_id"])
+        if r.random() < 0.15:
+            return f"{a}.{g}.{s}", r.choice(["SSN {}", "ssn: {}", "SSN#{}"])
+        return r.choice([f"{a}-{g}-{s}", f"{a} {g} {s}"]), r.choice(
+            CARRIERS["national_id"] + ["SSN#{}"]
+        )
     if kind == 1:
         a, g, s = _ssn_parts(r)
         return f"{a}{g}{s}", r.choice(["SSN {}", "my social security number is {}", "SSN: {}."])
@@ -826,7 +854,18 @@ def _national(r: random.Random) -> tuple[str, str]:
         return _nino(r), r.choice(["NI number: {}", "national insurance {}", "NINO {}.", "{}"])
     if kind == 3:
         return _dni(r), r.choice(["DNI {}", "NIE: {}", "documento {}", "{} (tax id)", "ID {}"])
-    return _bsn(r), r.choice(["BSN {}", "burgerservicenummer {}.", "BSN: {}", "mijn BSN is {}"])
+    if kind == 4:
+        return _bsn(r), r.choice(["BSN {}", "burgerservicenummer {}.", "BSN: {}", "mijn BSN is {}"])
+    return _nhs(r), r.choice(["NHS number {}", "NHS no. {}", "my NHS number is {}", "NHS: {}"])
+
+
+def _nhs(r: random.Random) -> str:
+    while True:
+        d = _digits(r, 9)
+        check = 11 - sum((10 - i) * int(c) for i, c in enumerate(d)) % 11
+        if check != 10:
+            n = d + str(0 if check == 11 else check)
+            return f"{n[:3]} {n[3:6]} {n[6:]}" if r.random() < 0.7 else n
 
 
 def _secret_value(r: random.Random, carrier: str) -> str:
@@ -849,6 +888,8 @@ def _value(r: random.Random, entity: str) -> tuple[str, str]:
     if entity == "payment_card":
         return card(r), carrier
     if entity == "iban":
+        if r.random() < 0.05:
+            return iban(r).lower(), r.choice(["iban {}", "my iban is {}", "IBAN: {}"])
         return iban(r), carrier
     if entity == "ip_address":
         if r.random() < 0.3:  # an IPv6 address with a port goes in brackets
@@ -863,6 +904,15 @@ def _value(r: random.Random, entity: str) -> tuple[str, str]:
         )
     if kind < 0.3:
         return pem(r), r.choice(["here is the key:\n{}\n", "```\n{}\n```", "{}"])
+    if kind < 0.36:  # the password in a connection URL
+        scheme = r.choice(["postgres", "mysql", "redis", "amqp", "mongodb+srv", "https"])
+        host = r.choice(["db.internal", "cache.prod.example.com", "mq", "localhost"])
+        pw = password(r).replace("@", "%40").replace("#", "%23")
+        return pw, f"{scheme}://{r.choice(FIRST)}:{{}}@{host}:5432/app"
+    if kind < 0.4:  # a quoted passphrase
+        words = " ".join(r.choice(["correct", "horse", "battery", "staple", "blue", "river"])
+                         for _ in range(r.randint(3, 5)))  # fmt: skip
+        return words, r.choice(["the wifi password is '{}'", 'passphrase: "{}"'])
     return _secret_value(r, carrier), carrier
 
 

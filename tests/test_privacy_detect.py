@@ -6,11 +6,13 @@ seeded generated set. Pure logic: no model, no network, well under a second each
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from service.privacy import checksums as cs
 from service.privacy.detect import ENTITIES, Finding, PatternDetector, looks_random
+from service.privacy.ner import CombinedDetector, PresidioDetector, presidio_available
 from service.privacy.synthetic import evaluate, generate, sized
 
 DETECTOR = PatternDetector()
@@ -294,3 +296,63 @@ def test_recall_and_precision_on_a_generated_set() -> None:
     true = sum(s.true for s in scores.values())
     false = sum(s.false for s in scores.values())
     assert true / (true + false) >= 0.95, false_by
+
+
+@dataclass
+class _StubResult:
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+class _StubAnalyzer:
+    """Presidio's AnalyzerEngine.analyze, canned: the mapping is tested without it."""
+
+    def __init__(self, results: list[_StubResult]) -> None:
+        self.results = results
+        self.asked: list[str] | None = None
+
+    def analyze(self, text: str, language: str, entities: list[str] | None = None) -> list:
+        self.asked = entities
+        return self.results
+
+
+def test_presidio_detector_maps_types_and_scores() -> None:
+    text = "John Smith paid with 4111 1111 1111 1111 in Leeds"
+    stub = _StubAnalyzer(
+        [
+            _StubResult("PERSON", 0, 10, 0.85),
+            _StubResult("CREDIT_CARD", 21, 40, 1.0),
+            _StubResult("LOCATION", 44, 49, 0.3),  # below min_score
+            _StubResult("DATE_TIME", 0, 4, 0.9),  # not a type we route on
+        ]
+    )
+    ner = PresidioDetector(analyzer=stub)
+    assert [(f.entity, text[f.start : f.end]) for f in ner.detect(text)] == [
+        ("person", "John Smith"),
+        ("payment_card", "4111 1111 1111 1111"),
+    ]
+    only = PresidioDetector(["person"], analyzer=stub)
+    assert only.entities_in(text) == {"person"}
+    assert stub.asked == ["PERSON"]
+    with pytest.raises(ValueError, match="postcode"):
+        PresidioDetector(["postcode"], analyzer=stub)
+    both = CombinedDetector(DETECTOR, ner)
+    assert both.entities_in(text) == {"person", "payment_card"}
+
+
+def test_presidio_detector_needs_the_package() -> None:
+    if presidio_available():
+        pytest.skip("presidio-analyzer is installed")
+    with pytest.raises(ImportError, match="presidio-analyzer"):
+        PresidioDetector()
+
+
+def test_presidio_real_engine_if_installed() -> None:
+    pytest.importorskip("presidio_analyzer")
+    try:
+        ner = PresidioDetector(["person", "email"])
+    except OSError as e:  # no spaCy model downloaded
+        pytest.skip(f"presidio without its model: {e}")
+    assert "person" in ner.entities_in("Please book a follow-up for John Smith next week.")

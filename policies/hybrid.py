@@ -40,9 +40,10 @@ projects a query identically. Before the first refit M is a seeded random projec
 Serving copy (`prepare_serving`): a worker's copy only chooses until the next snapshot,
 so it folds the shared system into per-model quantities once: the coefficients
 theta_m = A_m^{-1} (D_m beta + b_m) (mean = z^T theta_m) and V_m = A_m^{-1} +
-A_m^{-1} D_m A_0^{-1} D_m A_m^{-1} (variance = z^T V_m z). A choice is then one gemv
-over the stacked V_m (float32) and one over the stacked coefficients (float64),
-instead of the gemv over the inverses, a gemm against A_0^{-1} and the einsums.
+A_m^{-1} D_m A_0^{-1} D_m A_m^{-1} (variance = z^T V_m z). A choice then reads the
+V_m once for their quadratic forms (float32, upper triangles: linear.SymmetricStack)
+and the stacked coefficients in one gemv (float64), instead of the gemv over the
+inverses, a gemm against A_0^{-1} and the einsums.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from policies.base import (
     check_positive,
     check_probability,
 )
-from policies.linear import _ger
+from policies.linear import SymmetricStack, _ger
 from policies.thompson import win_probabilities
 
 EXPLORATIONS = ("ucb", "thompson")
@@ -91,7 +92,7 @@ _PER_MODEL = (
 class _Served:
     """What a serving copy's choice reads (see the module doc), for n models of p dims."""
 
-    V: np.ndarray  # (n * p, p) float32: the stacked V_m, one gemv reads each once
+    V: SymmetricStack  # the V_m, float32, read for the quadratic forms only
     theta: np.ndarray  # (2n, p) float64: quality coefficients, then cost coefficients
     offset_q: np.ndarray  # (n,): prior_quality + each model's quality offset
     n: int
@@ -341,7 +342,7 @@ class HybridLinear(Policy):
         theta_q = np.einsum("kpq,kq->kp", self._Ainv, self._D * self._beta_q + self._bq)
         theta_c = np.einsum("kpq,kq->kp", self._Ainv, self._D * self._beta_c + self._bc)
         self._served = _Served(
-            V=np.ascontiguousarray(V.reshape(n * p, p)),
+            V=SymmetricStack.of(V),
             theta=np.ascontiguousarray(np.concatenate([theta_q, theta_c])),
             offset_q=self.prior_quality + self._oq,
             n=n,
@@ -353,8 +354,7 @@ class HybridLinear(Policy):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`estimates` from the serving copy's precomputed state; idx None: every model
         in order (the usual choice among all, no gathers)."""
-        z32 = z.astype(np.float32)
-        var = ((sv.V @ z32).reshape(sv.n, sv.p) @ z32).astype(np.float64)
+        var = sv.V.quadratic(z.astype(np.float32)).astype(np.float64)
         m = sv.theta @ z
         mean_q, cost = sv.offset_q + m[: sv.n], self._oc + m[sv.n :]
         if idx is not None:

@@ -27,7 +27,6 @@ _BATCH = 32
 _PER_MODEL = (
     "_A",
     "_A_inv",
-    "_A_inv32",
     "_bq",
     "_bc",
     "_theta_q",
@@ -46,6 +45,76 @@ def _forgetting_refresh(gamma: float) -> int:
     reaches 1% of reg keeps every width within ~0.5% of the exact one (at gamma = 0.9
     that is every update: an O(d^3) inverse, the price of fast forgetting)."""
     return max(1, int(0.01 / (1.0 - gamma)))
+
+
+# Dimension from which a SymmetricStack splits its matrices into row blocks, and how many
+_BLOCKED_FROM = 64
+_ROW_BLOCKS = 4
+
+
+class SymmetricStack:
+    """float32 copies of n symmetric p x p matrices S_m, kept for the quadratic forms
+    z^T S_m z that a choice reads (the exploration widths), in about 5/8 of the bytes.
+
+    The choice is memory-bound: at 9 models of 387 dims one stack is 5.4 MB, read once
+    per choice, and between requests other work evicts it from the caches. So each
+    matrix keeps only its upper triangle, as row blocks: block I holds rows [a, b) and
+    columns [a, p), the columns right of its diagonal block doubled (they stand for
+    their mirror images below the diagonal too), so
+
+        z^T S z = sum_I z[a:b]^T B_I z[a:]
+
+    one gemv over every model's block I at a time: 4 gemvs and 4 small products per
+    choice, which measured ~25% faster than the one gemv over full matrices with the
+    caches warm and ~20% faster with them cold. Small matrices stay one block.
+    """
+
+    def __init__(self, p: int) -> None:
+        blocks = _ROW_BLOCKS if p >= _BLOCKED_FROM else 1
+        edges = np.linspace(0, p, blocks + 1).astype(int)
+        self.p = p
+        self.spans = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        self.blocks = [np.zeros((0, b - a, p - a), dtype=np.float32) for a, b in self.spans]
+
+    @classmethod
+    def of(cls, S: np.ndarray) -> SymmetricStack:
+        """The stack of S, shape (n, p, p)."""
+        out = cls(S.shape[1])
+        out.blocks = [out._block(S, a, b) for a, b in out.spans]
+        return out
+
+    @staticmethod
+    def _block(S: np.ndarray, a: int, b: int) -> np.ndarray:
+        blk = np.ascontiguousarray(S[:, a:b, a:], dtype=np.float32)
+        blk[:, :, b - a :] *= 2.0  # a power of two: exact in float32
+        return blk
+
+    def __len__(self) -> int:
+        return self.blocks[0].shape[0]
+
+    def set(self, i: int, S: np.ndarray) -> None:
+        """Overwrite matrix i with S, shape (p, p)."""
+        for blk, (a, b) in zip(self.blocks, self.spans, strict=True):
+            blk[i] = S[a:b, a:]
+            blk[i, :, b - a :] *= 2.0
+
+    def append(self, S: np.ndarray) -> None:
+        """Add matrix S, shape (p, p), as the last one."""
+        self.blocks = [
+            np.concatenate([blk, self._block(S[None], a, b)])
+            for blk, (a, b) in zip(self.blocks, self.spans, strict=True)
+        ]
+
+    def delete(self, i: int) -> None:
+        self.blocks = [np.delete(blk, i, axis=0) for blk in self.blocks]
+
+    def quadratic(self, z32: np.ndarray) -> np.ndarray:
+        """z^T S_m z for every m: shape (n,), float32, for z32 of shape (p,), float32."""
+        n = len(self)
+        out = np.zeros(n, dtype=np.float32)
+        for blk, (a, b) in zip(self.blocks, self.spans, strict=True):
+            out += (blk.reshape(n * (b - a), self.p - a) @ z32[a:]).reshape(n, b - a) @ z32[a:b]
+        return out
 
 
 def _ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
@@ -90,7 +159,7 @@ class LinearPolicy(Policy):
         self._index: dict[str, int] = {}
         self._A = np.zeros((0, d, d))
         self._A_inv = np.zeros((0, d, d))
-        self._A_inv32 = np.zeros((0, d, d), dtype=np.float32)  # serving copy of A_inv
+        self._A_inv32 = SymmetricStack(d)  # what choose reads of A_inv
         self._bq = np.zeros((0, d))
         self._bc = np.zeros((0, d))
         self._theta_q = np.zeros((0, d))
@@ -118,7 +187,7 @@ class LinearPolicy(Policy):
         self._index[model] = self._A.shape[0]
         self._A = np.concatenate([self._A, (self.reg * eye)[None]])
         self._A_inv = np.concatenate([self._A_inv, (eye / self.reg)[None]])
-        self._A_inv32 = self._A_inv.astype(np.float32)
+        self._A_inv32.append(self._A_inv[-1])
         zeros = np.zeros((1, d))
         self._bq = np.concatenate([self._bq, zeros])
         self._bc = np.concatenate([self._bc, zeros])
@@ -134,6 +203,7 @@ class LinearPolicy(Policy):
         i = self._index.pop(model)
         for name in _PER_MODEL:
             setattr(self, name, np.delete(getattr(self, name), i, axis=0))
+        self._A_inv32.delete(i)
         self._index = {m: j for j, m in enumerate(self._models)}
 
     # ---- estimates ---------------------------------------------------------
@@ -148,13 +218,11 @@ class LinearPolicy(Policy):
         z: augmented context, shape (d + 1,); idx: model rows, shape (K,).
         Returns three arrays of shape (K,).
         """
-        k, d = self._A_inv32.shape[:2]
-        # one gemv over the whole stack reads each inverse once (fancy-indexing first
-        # would copy K d^2 floats), in float32: the read is the cost, and an exploration
-        # width needs no more than 7 digits. Every row, then the candidates' entries:
+        # gemvs over the whole stack read each inverse once (fancy-indexing first would
+        # copy K d^2 floats), in float32: the read is the cost, and an exploration width
+        # needs no more than 7 digits. Every model, then the candidates' entries:
         # gathering rows first would copy them
-        z32 = z.astype(np.float32)
-        var = (self._A_inv32.reshape(k * d, d) @ z32).reshape(k, d) @ z32
+        var = self._A_inv32.quadratic(z.astype(np.float32))
         width = np.sqrt(np.maximum(var[idx], 0.0)).astype(np.float64)
         mean_q = self.prior_quality + (self._theta_q @ z)[idx]
         cost = np.maximum((self._theta_c @ z)[idx], 0.0)
@@ -218,7 +286,7 @@ class LinearPolicy(Policy):
         Az = self._A_inv[i] @ z
         k = Az / (1.0 + z @ Az)
         _ger(-1.0, k, Az, self._A_inv[i])
-        self._A_inv32[i] = self._A_inv[i]
+        self._A_inv32.set(i, self._A_inv[i])
         self._theta_q[i] += k * (yq - z @ self._theta_q[i])
         self._theta_c[i] += k * (cost - z @ self._theta_c[i])
         self._since_refresh[i] += 1
@@ -245,7 +313,7 @@ class LinearPolicy(Policy):
         """Recompute the caches exactly from the sufficient statistics."""
         self._fold(i)
         self._A_inv[i] = np.linalg.inv(self._A[i])
-        self._A_inv32[i] = self._A_inv[i]
+        self._A_inv32.set(i, self._A_inv[i])
         self._theta_q[i] = self._A_inv[i] @ self._bq[i]
         self._theta_c[i] = self._A_inv[i] @ self._bc[i]
         self._since_refresh[i] = 0
@@ -270,7 +338,7 @@ class LinearPolicy(Policy):
     def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         self._A = np.array(arrays["A"], dtype=np.float64)
         self._A_inv = np.array(arrays["A_inv"], dtype=np.float64)
-        self._A_inv32 = self._A_inv.astype(np.float32)
+        self._A_inv32 = SymmetricStack.of(self._A_inv)
         self._bq = np.array(arrays["bq"], dtype=np.float64)
         self._bc = np.array(arrays["bc"], dtype=np.float64)
         self._since_refresh = np.array(arrays["since_refresh"], dtype=np.int64)

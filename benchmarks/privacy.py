@@ -24,9 +24,11 @@ import numpy as np
 from service.privacy.detect import ENTITIES, PatternDetector
 from service.privacy.synthetic import evaluate, generate, sized
 
-# Hand-written formats the generator does not produce (written after the detector, not
-# tuned against): (text, the entity it carries or None for a negative). They show what
-# the synthetic figures cannot: coverage of formats nobody put in the generator.
+# Hand-written formats the generator did not produce when they were written (text, the
+# entity it carries or None for a negative). They show what the synthetic figures
+# cannot: coverage of formats nobody put in the generator. The first set found 24 of
+# 42 on its first run; the formats it missed were then added to the detector and the
+# generator, except the national ids of other countries (still missed, on purpose).
 OUT_OF_GENERATOR: list[tuple[str, str | None]] = [
     ("JOHN.SMITH@EXAMPLE.COM wrote", "email"),
     ("reach me at j.smith@[192.168.1.1]", "email"),
@@ -70,6 +72,51 @@ OUT_OF_GENERATOR: list[tuple[str, str | None]] = [
     ("PO Box 12345, account 12345678, sort code 12-34-56", None),
     ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 user@host", None),
     ("lat/long 48.8566, 2.3522; 1,234,567 rows", None),
+    # a second set, written later (first run: 39 of 40; the URL's token came out as
+    # an e-mail)
+    ("Hi, I'm Anna (anna.k@web.de), my order didn't arrive", "email"),
+    ("contact: support+billing@shop.example.co.jp", "email"),
+    ("my cell is 555-867-5309", "phone"),
+    ("reach me on +353 87 123 4567", "phone"),
+    ("Tel +39 06 6982 1234", "phone"),
+    ("ph: 0412 345 678 (AU mobile)", "phone"),
+    ("call 020-7946-0958 tomorrow", "phone"),
+    ("WhatsApp: +55 11 91234-5678", "phone"),
+    ("paid with 5105 1051 0510 5100, exp 04/26", "payment_card"),
+    ("Card number: 6011-0009-9013-9424", "payment_card"),
+    ("amex 371449635398431 cvv 1234", "payment_card"),
+    ("number 4012888888881881 please charge it", "payment_card"),
+    ("bank: BE68 5390 0754 7034", "iban"),
+    ("send to CH93 0076 2011 6238 5295 7", "iban"),
+    ("Konto IBAN AT611904300234573201", "iban"),
+    ("SSN is 078-05-1121", "national_id"),
+    ("my NI no is QQ123456C", None),  # QQ: the prefix HMRC never issues
+    ("NINO: JG 10 37 82 A", "national_id"),
+    ("DNI: 45678912-L", None),  # the control letter of 45678912 is S
+    ("server 172.16.254.1 refused", "ip_address"),
+    ("curl http://203.0.113.50:3000/health", "ip_address"),
+    ("inet6 2a00:1450:4001:82a::200e", "ip_address"),
+    ("ANTHROPIC_API_KEY=sk-ant-api03-" + "AbCdEf0123456789" * 6 + "-AbCdEfAA", "api_key"),
+    (
+        "git remote set-url origin https://ghp_aBcD1234EfGh5678IjKl9012MnOp3456QrSt@github.com/o",
+        "api_key",
+    ),
+    ("slack: xoxp-1234567890-1234567890-1234567890-abcdef0123456789abcdef0123456789", "api_key"),
+    ("export AWS_SECRET_ACCESS_KEY=je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY", "secret"),
+    ("DATABASE_URL=mysql://root:Pa55w0rd!@127.0.0.1/db", "secret"),
+    ("my gmail password is Tigers2019", "secret"),
+    ("session token: 8f14e45fceea167a5a36dedd4bea2543", "secret"),
+    ("Version 2.4.1.0 released on 2024-01-15", None),
+    ("Order #4111-1111-1111-1111 confirmed", None),
+    ("price 1.234.567,89 EUR; qty 12 345 678", None),
+    ("timestamp 1700000000123 and nonce 4829104829", None),
+    ("the meeting id is 845 2931 4456", None),
+    ("reference 2024-000123-45 and ticket INC0012345", None),
+    ("git sha 9fceb02d0ae598e95dc970b74767f19372d61af8 merged", None),
+    ("use key id kid_2024_rotation_primary for signing", None),
+    ("see RFC 7519 section 4.1.3 and ISO 8601", None),
+    ("password must be at least 8 characters", None),
+    ("token limit is 128000 tokens per request", None),
 ]
 
 RECALL_GOAL = {"payment_card": 0.99, "email": 0.99, "api_key": 0.99}
@@ -77,23 +124,31 @@ PRECISION_GOAL = 0.95
 P50_GOAL_MS = 0.2
 
 
-def latency_ms(detector: PatternDetector, texts: list[str], rounds: int) -> tuple[float, float]:
-    """p50 and p99 of one detect() call, in milliseconds, over `rounds` passes."""
+def latency_ms(
+    detector: PatternDetector, texts: list[str], rounds: int
+) -> tuple[float, float, float, float]:
+    """p50 and p99 of one detect() call in milliseconds over `rounds` passes, and p50
+    and p99 of each text's fastest call (what the code costs without the scheduler:
+    on a busy machine a preempted call adds a time slice to the raw p99)."""
     for t in texts[:50]:
         detector.detect(t)  # warm up
-    times = np.empty(len(texts) * rounds)
-    k = 0
+    times = np.empty((rounds, len(texts)))
     gc.disable()
     try:
-        for _ in range(rounds):
-            for t in texts:
+        for r in range(rounds):
+            for k, t in enumerate(texts):
                 t0 = time.perf_counter_ns()
                 detector.detect(t)
-                times[k] = time.perf_counter_ns() - t0
-                k += 1
+                times[r, k] = time.perf_counter_ns() - t0
     finally:
         gc.enable()
-    return float(np.percentile(times, 50) / 1e6), float(np.percentile(times, 99) / 1e6)
+    fastest = times.min(axis=0)
+    return (
+        float(np.percentile(times, 50) / 1e6),
+        float(np.percentile(times, 99) / 1e6),
+        float(np.percentile(fastest, 50) / 1e6),
+        float(np.percentile(fastest, 99) / 1e6),
+    )
 
 
 def main() -> None:
@@ -101,7 +156,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-texts", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
     detector = PatternDetector()
@@ -142,7 +197,7 @@ def main() -> None:
         for k, v in sorted(false_by.items(), key=lambda kv: -kv[1]):
             print(f"| {k} | {v} |")
 
-    print("\n## Hand-written formats outside the generator (not tuned against)\n")
+    print("\n## Hand-written formats outside the generator\n")
     print("| text | carries | found | verdict |")
     print("|---|---|---|---|")
     hits = 0
@@ -161,16 +216,18 @@ def main() -> None:
         f" ({args.latency_texts} texts x {args.rounds}; one thread; load average"
         f" {load:.1f} on {os.cpu_count()} CPUs while measuring)\n"
     )
-    print("| query | p50 ms | p99 ms | p50 goal |")
-    print("|---|---:|---:|---|")
+    print("| query | p50 ms | p99 ms | fastest of each text: p50 ms | p99 ms | p50 goal |")
+    print("|---|---:|---:|---:|---:|---|")
     for label, with_id in (("with one identifier", True), ("hard negatives only", False)):
         texts = sized(args.latency_texts, args.seed + 1, 500, with_identifier=with_id)
-        p50, p99 = latency_ms(detector, texts, args.rounds)
+        p50, p99, f50, f99 = latency_ms(detector, texts, args.rounds)
         met = "met" if p50 <= P50_GOAL_MS else "MISSED"
-        print(f"| {label} | {p50:.4f} | {p99:.4f} | <= {P50_GOAL_MS} {met} |")
+        print(
+            f"| {label} | {p50:.4f} | {p99:.4f} | {f50:.4f} | {f99:.4f} | <= {P50_GOAL_MS} {met} |"
+        )
     plain = ("Could you check what is going on with the dashboard? " * 10)[:500]
-    p50, p99 = latency_ms(detector, [plain] * 200, args.rounds)
-    print(f"| prose, no digits | {p50:.4f} | {p99:.4f} | <= {P50_GOAL_MS} |")
+    p50, p99, f50, f99 = latency_ms(detector, [plain] * 200, args.rounds)
+    print(f"| prose, no digits | {p50:.4f} | {p99:.4f} | {f50:.4f} | {f99:.4f} | |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.privacy import checksums as cs
 from service.privacy.detect import ENTITIES, Finding, PatternDetector, looks_random
@@ -356,3 +358,24 @@ def test_presidio_real_engine_if_installed() -> None:
     except OSError as e:  # no spaCy model downloaded
         pytest.skip(f"presidio without its model: {e}")
     assert "person" in ner.entities_in("Please book a follow-up for John Smith next week.")
+
+
+_ALPHABET = "0123456789 .-/()+:@#_=abcdefXYZ\n'\"٣é€" + "ghpsk"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=_ALPHABET, max_size=300) | st.text(max_size=200))
+def test_detect_never_raises_and_spans_are_sound(text: str) -> None:
+    findings = DETECTOR.detect(text)
+    for a, b in zip(findings, findings[1:], strict=False):
+        assert a.end <= b.start
+    for f in findings:
+        assert 0 <= f.start < f.end <= len(text) and f.entity in ENTITIES
+
+
+def test_many_findings_resolve_in_linear_time() -> None:
+    text = "".join(f"from 10.0.{i % 256}.{i % 200 + 1} user{i}@example.com; " for i in range(5000))
+    t0 = time.perf_counter()
+    findings = DETECTOR.detect(text)
+    assert len(findings) == 10000
+    assert time.perf_counter() - t0 < 2.0

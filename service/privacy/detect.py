@@ -18,7 +18,8 @@ What each entity covers (and what it deliberately does not):
 
 - ``email``: local@domain.tld, the domain with at least one dot and an alphabetic
   TLD, or an IP literal (``j.smith@[192.168.1.1]``); image names such as
-  ``icon@2x.png``, ``@decorators`` and ``user@localhost`` are not e-mails.
+  ``icon@2x.png``, ``@decorators``, ``user@localhost`` and the user part of a URL
+  (``https://token@github.com``) are not e-mails.
 - ``phone``: E.164 (``+`` or ``00``, a country code, 8-15 digits, spaces, dots,
   dashes or brackets between groups: ``+44 (0)20 7946 0958``); North American
   ``(415) 555-0132`` / ``415-555-0132`` / ``415.555.0132`` (area and exchange codes
@@ -85,6 +86,7 @@ position is reported as one entity.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import math
 import re
@@ -269,6 +271,10 @@ def _email(text: str, _sc: _Scan, out: Emit) -> None:
             i -= 1
         while i < at and text[i] in ".'":
             i += 1
+        ws = max(text.rfind(" ", 0, i), text.rfind("\n", 0, i))
+        if text.find("://", ws + 1, i) != -1:  # https://user@host: a URL's user, not a mailbox
+            at = text.find("@", at + 1)
+            continue
         if i < at and text.startswith("[", at + 1):  # j.smith@[192.168.1.1]
             lit = _IP_LITERAL.match(text, at + 1)
             if lit is not None:
@@ -1060,15 +1066,21 @@ RECOGNISERS: dict[str, Recogniser] = {
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
     """Keep, among overlapping findings, the highest score (then the longest span);
-    the result is sorted by start offset."""
+    the result is sorted by start offset. O(n log n): kept spans are disjoint, so a
+    candidate need only be checked against its neighbours by start."""
     if len(findings) < 2:
         return findings
     ranked = sorted(findings, key=lambda f: (-f.score, f.start - f.end, f.start))
+    starts: list[int] = []
     kept: list[Finding] = []
     for f in ranked:
-        if all(f.end <= k.start or f.start >= k.end for k in kept):
-            kept.append(f)
-    kept.sort(key=lambda f: f.start)
+        i = bisect.bisect_left(starts, f.start)
+        if i > 0 and kept[i - 1].end > f.start:
+            continue
+        if i < len(kept) and kept[i].start < f.end:
+            continue
+        starts.insert(i, f.start)
+        kept.insert(i, f)
     return kept
 
 

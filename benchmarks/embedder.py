@@ -1,14 +1,21 @@
 """Embedding milliseconds per query at batch 1 and batch 32 (cache off: every text is
-new), with the real all-MiniLM-L6-v2 on this machine's CPU, for three query sets:
-short questions, medium (~55 word pieces) questions, and real prompts from the shared
-llmrouter set (after question extraction).
+new), with the real all-MiniLM-L6-v2 on this machine's CPU, for each embedding backend
+(torch, ONNX Runtime fp32, ONNX Runtime int8) and three query sets: short questions,
+medium (~55 word pieces) questions, and real prompts from the shared llmrouter set
+(after question extraction).
 
-Run: python -m benchmarks.embedder [--queries N] [--data PATH]
+The backends are measured in the same run, interleaved round by round, so the ratios
+to torch compare like with like on a machine whose load moves; each figure is the
+median over rounds of the median over batches.
+
+Run: python -m benchmarks.embedder [--backend all|torch|onnx|onnx-int8] [--queries N]
+     [--rounds R] [--data PATH] [--threads T] [--batch-tokens B]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +24,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from service.embedder import Embedder
+from service.embedder import EMBED_BACKENDS, EmbedBackend, Embedder, default_threads
 
 _TOPICS = [
     "tax law",
@@ -63,33 +70,84 @@ def per_query_ms(embedder: Embedder, texts: list[str], batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", choices=["all", *EMBED_BACKENDS], default="all")
     parser.add_argument("--queries", type=int, default=320)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=Path("data/llmrouter_14tasks.parquet"))
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument(
-        "--data", type=Path, default=Path("data/llmrouter_14tasks.parquet")
+        "--batch-tokens", type=int, default=1024, help="padded word pieces per forward pass"
     )
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass at most")
     args = parser.parse_args()
-    embedder = Embedder(cache_size=0).load()
-    embedder.embed(medium_queries(64, seed=99))  # warm-up: first calls allocate
+    backends: list[EmbedBackend] = list(EMBED_BACKENDS) if args.backend == "all" else [args.backend]
+    embedders: dict[str, Embedder] = {}
+    for b in backends:
+        t0 = time.perf_counter()
+        embedders[b] = Embedder(
+            cache_size=0,
+            backend=b,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            batch_tokens=args.batch_tokens,
+        ).load()
+        embedders[b].embed(medium_queries(64, seed=99))  # warm-up: first calls allocate
+        print(f"{b}: loaded and warmed in {time.perf_counter() - t0:.1f} s", flush=True)
+
     sets = {"short": short_queries(args.queries), "medium": medium_queries(args.queries)}
     if args.data.exists():
         sets["llmrouter prompts"] = real_queries(args.queries, args.data)
-    table = Table(title="embedding latency, all-MiniLM-L6-v2 on CPU (ms per query, median)")
-    for col in ("queries", "word pieces (mean)", "batch 1", "batch 32"):
+    reference = embedders[backends[0]]
+    pieces = {
+        name: float(
+            np.mean([min(reference.num_tokens(t), reference.max_seq_length) for t in texts])
+        )
+        for name, texts in sets.items()
+    }
+    # figures[(set, batch, backend)] = per-round medians
+    figures: dict[tuple[str, int, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, texts in sets.items():
+            for batch, sample in ((1, texts[:64]), (32, texts)):
+                for backend, emb in embedders.items():
+                    figures.setdefault((name, batch, backend), []).append(
+                        per_query_ms(emb, sample, batch)
+                    )
+
+    threads = args.threads or default_threads()
+    table = Table(
+        title=(
+            f"embedding latency, all-MiniLM-L6-v2 on CPU ({os.cpu_count()} cores, ONNX "
+            f"Runtime {threads} threads; ms per query, median of {args.rounds} rounds)"
+        )
+    )
+    for col in ("queries", "word pieces (mean)", "backend", "batch 1", "batch 32"):
         table.add_column(col, justify="right")
-    for name, texts in sets.items():
-        pieces = np.mean([min(embedder.num_tokens(t), embedder.max_seq_length) for t in texts])
-        b1 = per_query_ms(embedder, texts[:64], 1)
-        b32 = per_query_ms(embedder, texts, 32)
-        table.add_row(name, f"{pieces:.0f}", f"{b1:.1f}", f"{b32:.1f}")
-    cached = Embedder(cache_size=1000).load()
+    for name in sets:
+        for b in backends:
+            cells = []
+            for batch in (1, 32):
+                ms = float(np.median(figures[(name, batch, b)]))
+                cell = f"{ms:.2f}"
+                if b != "torch" and "torch" in embedders:
+                    torch_ms = float(np.median(figures[(name, batch, "torch")]))
+                    cell += f" ({torch_ms / ms:.1f}x)"
+                cells.append(cell)
+            table.add_row(name, f"{pieces[name]:.0f}", b, *cells)
+
+    # a hit never reaches the backend: one measurement serves them all
+    cached = reference
+    cached.cache_size = 1000
     texts = sets["short"][:32]
     cached.embed(texts)
     t0 = time.perf_counter()
     for t in texts:
         cached.embed([t])
     hit_ms = (time.perf_counter() - t0) / len(texts) * 1e3
-    table.add_row("short, cache hit", "-", f"{hit_ms:.3f}", "-")
+    table.add_row("short, cache hit", "-", "any", f"{hit_ms:.3f}", "-")
     Console().print(table)
+    if "torch" in embedders and len(backends) > 1:
+        print("(Nx): torch's time over this backend's, same run")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         max_decisions=settings.decision_max_in_memory,
     )
     emb = embedder or Embedder(
-        cache_size=settings.embed_cache_size, cache_max_bytes=settings.embed_cache_max_bytes
+        cache_size=settings.embed_cache_size,
+        cache_max_bytes=settings.embed_cache_max_bytes,
+        backend=settings.embed_backend,
+        onnx_dir=settings.embed_onnx_dir,
     )
     if not emb.loaded:
         await asyncio.to_thread(emb.load)

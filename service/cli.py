@@ -239,7 +239,9 @@ async def _run_learners(settings: Any, signal: Any) -> None:
         log_max=settings.decision_log_max,
         grace_s=settings.decision_grace_s,
     )
-    featurizer = Featurizer(Embedder(), projection_dim=settings.projection_dim)
+    # the workers' backend: the features the learner publishes must be theirs
+    embedder = Embedder(backend=settings.embed_backend, onnx_dir=settings.embed_onnx_dir)
+    featurizer = Featurizer(embedder, projection_dim=settings.projection_dim)
     dim = featurizer.dim
     configured = {m.name: m.price() for m in settings.models}
     # None until the store has answered: a learner must not drop models on a guess

@@ -160,8 +160,13 @@ class Featurizer:
         return out
 
     def describe(self) -> dict[str, Any]:
-        """Everything that determines the features; compare before reusing a stored policy."""
-        return {
+        """Everything that determines the features; compare before reusing a stored policy.
+
+        The embedder's backend is named unless it is torch (the backend of every
+        description made before backends existed, which so stay valid): a policy
+        learned on torch's vectors is refused beside ONNX ones, and the reverse.
+        """
+        out: dict[str, Any] = {
             "model": self.embedder.model_name,
             "embedding_dim": self._emb_dim,
             "truncation_side": self.embedder.truncation_side,
@@ -171,3 +176,7 @@ class Featurizer:
             "log_length": self.log_length,
             "dim": self.dim,
         }
+        backend = getattr(self.embedder, "backend", "torch")
+        if backend != "torch":
+            out["embed_backend"] = backend
+        return out

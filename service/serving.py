@@ -43,6 +43,8 @@ def check_features(name: str, snap: Snapshot, features: str) -> None:
     if not snap.features or not features or snap.features == features:
         return
     theirs, ours = json.loads(snap.features), json.loads(features)
+    for described in (theirs, ours):  # unnamed: torch, so the error names both backends
+        described.setdefault("embed_backend", "torch")
     if theirs != ours:
         diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
         raise PolicyError(

@@ -15,6 +15,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from service.embedder import EmbedBackend
 from service.experiments import ExperimentConfig
 from service.gateway.config import GatewayConfig, UpstreamConfig
 from service.privacy.rules import PrivacyConfig
@@ -95,6 +96,15 @@ class Settings(BaseSettings):
     embed_cache_max_bytes: int = Field(default=128 * 2**20, ge=0)
     # new queries waiting for the model; beyond it a route answers 503 + Retry-After
     embed_queue_max: int = Field(default=1024, ge=1)
+    # what computes the vectors (service/embedder.py): "onnx" (ONNX Runtime fp32) matched
+    # torch to cosine 0.99999+ on 2,000 prompts of each shared set, several times faster
+    # on 2 cores (python -m benchmarks.embed_gate, benchmarks.embedder); "onnx-int8" is
+    # faster still but strays (min cosine 0.953, mean 0.993); "torch" is the reference.
+    # A policy learned under one backend is refused under another.
+    embed_backend: EmbedBackend = "onnx"
+    # where the ONNX exports are cached (made from the local model files on first load);
+    # None: $XDG_CACHE_HOME/banditroute/onnx or ~/.cache/banditroute/onnx
+    embed_onnx_dir: Path | None = None
 
     decision_ttl_s: float = Field(default=24 * 3600, gt=0)
     # how long past its deadline an answered or closed decision's tombstone is kept,

@@ -454,6 +454,8 @@ def _contexts(
 
 def _embedded(data: Path, limit: int, cache_dir: Path) -> tuple[Any, Any]:
     """The routing table and a function from projection dim (0: none) to its contexts."""
+    import os
+
     from service.embedder import Embedder
     from service.features import Featurizer
     from simulator.data import load_routing_data
@@ -462,7 +464,10 @@ def _embedded(data: Path, limit: int, cache_dir: Path) -> tuple[Any, Any]:
     rd = load_routing_data(data)
     if limit:
         rd = rd.subset(np.arange(min(limit, len(rd))))
-    embedder = Embedder()
+    # torch unless BANDITROUTE_EMBED_BACKEND (the service's setting) names another: the
+    # embedding cache is kept per backend, and torch made every published result
+    backend: Any = os.environ.get("BANDITROUTE_EMBED_BACKEND", "torch")
+    embedder = Embedder(backend=backend)
     emb = embed_texts(rd.prompts, embedder, cache_dir=cache_dir)
     lengths = np.fromiter((len(p) for p in rd.prompts), dtype=np.float64)
 

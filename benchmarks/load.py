@@ -14,8 +14,13 @@ queries (embedding-cache hits); (c) /v1/route with every query new (embedded in
 batches by the FeatureBatcher): short generated questions, and real llmrouter prompts;
 then concurrency 1 (sequential) for (a) and (b).
 
+`--py-spy FILE` also records the server with py-spy (sampling, non-blocking: the server
+is not paused) while it answers `--sequential-requests` cached queries one at a time,
+after the measured runs, and prints where that time went (collapsed stacks in FILE).
+
 Run: python -m benchmarks.load [--requests N] [--concurrency C] [--clients K]
      [--workers W] [--redis-url URL] [--client raw|httpx] [--scenarios a,b] [--out FILE]
+     [--py-spy FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,10 +60,13 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = REPO / "deploy" / "banditroute.toml"
 HOST = "127.0.0.1"
 
-# the targets of the issue, reported (not asserted)
-TARGET_CACHED_P50_MS = 2.0
-TARGET_CACHED_OVER_TRIVIAL = 0.5
-TARGET_NEW_RPS = 150.0
+# the targets of issue 16 (the fast path), reported (not asserted): the cached route's
+# throughput against the trivial endpoint's in the same run, its one-at-a-time p50 by
+# store, and new queries per second on this 2-core machine with one worker
+TARGET_CACHED_OVER_TRIVIAL = 0.3
+TARGET_SEQUENTIAL_P50_MS = {"in-process": 0.4, "redis": 0.7}
+TARGET_NEW_RPS = 300.0
+TARGET_PROMPTS_RPS = 100.0
 
 SCENARIOS = ("trivial", "cached", "new", "prompts", "sequential")
 
@@ -544,8 +553,9 @@ def table(figures: list[Figures], title: str) -> Table:
     return t
 
 
-def verdicts(by: dict[str, Figures]) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for each target of the issue that was measured."""
+def verdicts(by: dict[str, Figures], store: str = "in-process") -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of the issue that was measured; `store`
+    ("in-process" or "redis") picks the one-at-a-time latency target."""
     out = []
     trivial, cached = by.get("trivial"), by.get("route, cached")
     if trivial and cached:
@@ -557,20 +567,80 @@ def verdicts(by: dict[str, Figures]) -> list[tuple[str, str, bool]]:
                 ratio >= TARGET_CACHED_OVER_TRIVIAL,
             )
         )
-    for key in ("route, cached", "route, cached, sequential"):
-        if key in by:
-            p50 = by[key].p50_ms
-            out.append((f"{key}: p50 < {TARGET_CACHED_P50_MS:g} ms", f"{p50:.2f} ms", p50 < 2.0))
-    new = by.get("route, new short questions")
-    if new:
+    seq = by.get("route, cached, sequential")
+    if seq:
+        target = TARGET_SEQUENTIAL_P50_MS[store]
         out.append(
             (
-                f"new queries >= {TARGET_NEW_RPS:.0f} req/s",
-                f"{new.rps:.0f} req/s (short generated questions)",
-                new.rps >= TARGET_NEW_RPS,
+                f"route, cached, one at a time ({store}): p50 <= {target:g} ms",
+                f"{seq.p50_ms:.2f} ms",
+                seq.p50_ms <= target,
             )
         )
+    for key, target, what in (
+        ("route, new short questions", TARGET_NEW_RPS, "short generated questions"),
+        ("route, new llmrouter prompts", TARGET_PROMPTS_RPS, "llmrouter prompts"),
+    ):
+        new = by.get(key)
+        if new:
+            out.append(
+                (
+                    f"new {what} >= {target:.0f} req/s",
+                    f"{new.rps:.0f} req/s",
+                    new.rps >= target,
+                )
+            )
     return out
+
+
+def profile_summary(path: Path, top: int = 25) -> list[str]:
+    """Where the recorded time went: from py-spy's collapsed stacks ("f1;f2;f3 n" per
+    line), the share of samples under each frame of this repository (inclusive), then
+    the frames that were themselves running (self), anywhere."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        # "name (file:line)" -> "name (file)": one entry per function, not per line
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") else f for f in stack.split(";")]
+        own[frames[-1]] += count
+        for f in set(frames):
+            inclusive[f] += count
+    if not total:
+        return ["py-spy recorded no samples"]
+    ours = [(f, c) for f, c in inclusive.most_common() if "(service/" in f or "(policies/" in f]
+    lines = [f"{total} samples; inclusive, this repository's frames:"]
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in ours[:top]]
+    lines.append("self (the frame itself running), all frames:")
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
+    return lines
+
+
+def py_spy_run(
+    path: Path, server: Server, bodies_: list[bytes], progress: Progress, kind: str
+) -> list[str]:
+    """`bodies_` one at a time with py-spy recording the server; its summary."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return ["--py-spy: py-spy is not installed (pip install py-spy)"]
+    argv = [exe, "record", "--nonblocking", "-r", "1000", "-f", "raw", "-o", str(path)]
+    spy = subprocess.Popen(
+        [*argv, "--pid", str(server.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        run_scenario("profiled (py-spy)", server, bodies_, bodies_[:200], 1, 1, kind, progress)
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on an interrupt
+        _, err = spy.communicate(timeout=60)
+    if not path.exists():
+        return [f"--py-spy: no profile written: {err.decode(errors='replace')[-500:]}"]
+    return profile_summary(path)
 
 
 def notes(by: dict[str, Figures], concurrency: int) -> list[str]:
@@ -621,9 +691,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None, help="run on Redis (default: in-process)")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level, both servers")
     parser.add_argument("--cached-texts", type=int, default=32, help="distinct repeated queries")
-    parser.add_argument(
-        "--data", type=Path, default=REPO / "data/llmrouter_14tasks.parquet"
-    )
+    parser.add_argument("--data", type=Path, default=REPO / "data/llmrouter_14tasks.parquet")
     parser.add_argument(
         "--scenarios",
         type=lambda v: set(v.split(",")),
@@ -631,6 +699,13 @@ def main() -> None:
         help=f"comma-separated subset of {','.join(SCENARIOS)}",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also profile the cached route one at a time with py-spy (collapsed stacks)",
+    )
     args = parser.parse_args()
     if not args.scenarios <= set(SCENARIOS):
         parser.error(f"--scenarios: unknown {sorted(args.scenarios - set(SCENARIOS))}")
@@ -653,6 +728,7 @@ def main() -> None:
 
     prefix = f"brload-{uuid.uuid4().hex[:12]}"
     figures: list[Figures] = []
+    profile: list[str] = []
     with tempfile.TemporaryDirectory(prefix="brload-") as d:
         tmp = Path(d)
         config = write_config(tmp, args.redis_url, prefix)
@@ -697,6 +773,8 @@ def main() -> None:
                             name, server, measured, warm, conc, clients, args.client, progress
                         )
                     )
+                if args.py_spy is not None:
+                    profile = py_spy_run(args.py_spy, route, seq, progress, args.client)
         finally:
             for s in servers:
                 s.stop()
@@ -717,11 +795,15 @@ def main() -> None:
         )
     )
     by = {f.scenario: f for f in figures}
-    checks = verdicts(by)
+    checks = verdicts(by, "redis" if args.redis_url else "in-process")
     for target, measured_text, met in checks:
         console.print(f"{'met   ' if met else 'MISSED'}  {target}: {measured_text}")
     for line in notes(by, args.concurrency):
         console.print(line)
+    if args.py_spy is not None:
+        console.print(f"py-spy, the cached route one at a time ({args.py_spy}):")
+        for line in profile:
+            console.print(line, markup=False, highlight=False)
     if args.out:
         args.out.write_text(
             json.dumps(

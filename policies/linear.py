@@ -100,9 +100,18 @@ class SymmetricStack:
         return self.blocks[0].shape[0]
 
     def set(self, i: int, S: np.ndarray) -> None:
-        """Overwrite matrix i with S, shape (p, p)."""
+        """Overwrite matrix i with S, shape (p, p): in place (a learner's every update),
+        the zero padding left as it is."""
+        w, p = self.w, self.p
         for j, blk in enumerate(self.blocks):
-            blk[i] = self._block(S[None], j)[0]
+            a = j * w
+            rows = min(w, p - a)
+            out = blk[i]
+            out[:rows, :rows] = S[a : a + rows, a : a + rows]
+            # doubled on the way in (and cast to float32): one pass, no temporary
+            np.multiply(
+                S[a : a + rows, a + w :], 2.0, out=out[:rows, w : p - a], casting="same_kind"
+            )
 
     def append(self, S: np.ndarray) -> None:
         """Add matrix S, shape (p, p), as the last one."""

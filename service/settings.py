@@ -97,9 +97,9 @@ class Settings(BaseSettings):
     # new queries waiting for the model; beyond it a route answers 503 + Retry-After
     embed_queue_max: int = Field(default=1024, ge=1)
     # what computes the vectors (service/embedder.py): "onnx" (ONNX Runtime fp32) matched
-    # torch to cosine 0.99999+ on 2,000 prompts of each shared set, several times faster
-    # on 2 cores (python -m benchmarks.embed_gate, benchmarks.embedder); "onnx-int8" is
-    # faster still but strays (min cosine 0.953, mean 0.993); "torch" is the reference.
+    # torch to cosine 0.9999995 on 2,000 prompts of each shared set and halved the CPU a
+    # new query costs on 2 cores (benchmarks.embed_gate, benchmarks.load); "onnx-int8" is
+    # faster still but strays (min cosine 0.974, mean 0.993); "torch" is the reference.
     # A policy learned under one backend is refused under another.
     embed_backend: EmbedBackend = "onnx"
     # where the ONNX exports are cached (made from the local model files on first load);

@@ -303,6 +303,26 @@ class Policy(ABC):
     def _remove_model(self, model: str) -> None:  # noqa: B027 - optional hook
         pass
 
+    def discount(self, weight: float) -> None:
+        """Keep `weight` in (0, 1] of the evidence learned so far, as if every feedback
+        had counted `weight` times: the prior stays whole, the means move little and
+        the widths grow. A tenant's own policy starts from the global one discounted
+        so (a shrunk prior worth a fraction of the global data), then learns its own."""
+        w = _check_finite_number("weight", weight)
+        if not 0 < w <= 1:
+            raise PolicyError(f"weight must lie in (0, 1], got {w}")
+        if w == 1:
+            return
+        self._discount(w)
+        for s in self._stats.values():
+            s.pulls = int(round(s.pulls * w))
+            s.quality_sum *= w
+            s.cost_sum *= w
+            s.reward_sum *= w
+
+    def _discount(self, weight: float) -> None:
+        raise PolicyError(f"policy {self.name!r} cannot discount its learned state")
+
     def prepare_serving(self) -> None:  # noqa: B027 - optional hook
         """Precompute, from the current state, what `choose` reads, for a copy that only
         chooses until its next change (a worker's serving copy of a snapshot). Any

@@ -561,6 +561,17 @@ class HybridLinear(Policy):
         self._beta_c = self._A0inv @ self._b0c
         self._shared_since_refresh = 0
 
+    def _discount(self, weight: float) -> None:
+        self._served = None
+        # the priors D_m and the offsets stay; every Gram matrix and target sum shrinks
+        for arr in (self._G, self._bq, self._bc, self._Graw, self._bq_raw, self._bc_raw):
+            arr *= weight
+        for i in range(self._D.shape[0]):
+            self._Ainv[i] = np.linalg.inv(np.diag(self._D[i]) + self._G[i])
+            self._since_refresh[i] = 0
+        self._Ainv32 = self._Ainv.astype(np.float32)
+        self._refresh_shared()
+
     # ---- state -------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -337,6 +337,16 @@ class LinearPolicy(Policy):
         self._theta_c[i] = self._A_inv[i] @ self._bc[i]
         self._since_refresh[i] = 0
 
+    def _discount(self, weight: float) -> None:
+        eye = self.reg * np.eye(self.dim + 1)
+        for i in range(self._A.shape[0]):
+            self._fold(i)
+            # A = reg I + sum z z^T: only the data part shrinks
+            self._A[i] = weight * (self._A[i] - eye) + eye
+            self._bq[i] *= weight
+            self._bc[i] *= weight
+            self._refresh(i)
+
     # ---- state -------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -56,6 +56,9 @@ class _StaticPolicy(Policy):
     ) -> None:
         return None
 
+    def _discount(self, weight: float) -> None:
+        pass  # nothing learned: a static router routes alike at any weight
+
     def _first_available(self, preferred: Sequence[str], candidates: list[str]) -> np.ndarray:
         """One-hot on the first of `preferred` among the candidates, else the first
         candidate in registration order (a fixed, documented fallback)."""

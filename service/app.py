@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from policies import Policy, PolicyError, load_policy
 from service.abreport import collect, cost_scale, guardrail_stops
 from service.batcher import FeatureBatcher, Overloaded
+from service.budgets import registry
+from service.budgets.tenancy import pacer_specs
 from service.deps import DocsAuth, _role, require_admin
 from service.embedder import Embedder
 from service.experiments import ExperimentConfig
@@ -37,7 +39,16 @@ from service.gateway.upstreams import MissingKey, check_keys
 from service.learner import Learner
 from service.metrics import Metrics
 from service.middleware import LimitsAndMetrics
-from service.routes import chat, experiments, feedback, health, models, policies, route
+from service.routes import (
+    chat,
+    experiments,
+    feedback,
+    health,
+    models,
+    policies,
+    route,
+    tenants,
+)
 from service.runtime import single_threaded_blas
 from service.runtime_state import Runtime
 from service.schemas import ErrorOut, ValidationErrorOut
@@ -60,6 +71,7 @@ _ROUTERS = (
     models.router,
     policies.router,
     experiments.router,
+    tenants.router,
     health.router,
 )
 
@@ -164,6 +176,16 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         catalogue_confirmed=catalogue_confirmed,
         experiments=await _experiments(settings, st),
     )
+    registry.install(rt, await registry.load(settings, st))
+    for own, (base, tenant) in registry.own_state_policies(settings).items():
+        rt.policies[own] = await _restore(
+            own,
+            st,
+            functools.partial(_tenant_prior, rt, base, tenant),
+            featurizer.dim,
+            features_json(featurizer),
+        )
+        rt.policies[own].sync_models(catalogue)
     rt.gateway = Gateway(settings.gateway, upstreams, rt, privacy=settings.privacy)
     if rt.gateway.judge is not None:
         rt.tasks.append(asyncio.create_task(rt.gateway.judge.run(rt.stop), name="judge"))
@@ -180,9 +202,30 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
                 default_reward=settings.default_reward,
                 models=rt.confirmed_catalogue,
                 features=features_json(featurizer),
+                pacers=functools.partial(pacer_specs, settings, rt, name),
             )
             rt.learners.append(learner)
             rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
+        for own, (base, tenant) in registry.own_state_policies(settings).items():
+            t = settings.tenants[tenant]
+            learner = Learner(
+                st,
+                own,
+                functools.partial(
+                    _fresh, base, _tenant_cfg(settings, base, tenant), rt, featurizer.dim
+                ),
+                every_n=settings.snapshot_every_n,
+                every_ms=settings.snapshot_every_ms,
+                lease_ttl_ms=settings.lease_ttl_ms,
+                default_reward=settings.default_reward,
+                models=rt.confirmed_catalogue,
+                features=features_json(featurizer),
+                pacers=functools.partial(pacer_specs, settings, rt, own),
+                seed_from=base,
+                prior_weight=t.prior_weight,
+            )
+            rt.learners.append(learner)
+            rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{own}"))
     rt.tasks.append(asyncio.create_task(_refresh(rt), name="refresh"))
     return rt
 
@@ -190,6 +233,21 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
 def _fresh(name: str, cfg: PolicyConfig, rt: Runtime, dim: int) -> Policy:
     """A cold-start policy over the current catalogue (the learner's first state)."""
     return build_policy(name, cfg, rt.catalogue, dim)
+
+
+def _tenant_cfg(settings: Settings, base: str, tenant: str) -> PolicyConfig:
+    """The global policy's config with the tenant's λ."""
+    cfg, lam = settings.policies[base], settings.tenants[tenant].cost_weight
+    return cfg if lam is None else cfg.model_copy(update={"cost_weight": lam})
+
+
+def _tenant_prior(rt: Runtime, base: str, tenant: str) -> Policy:
+    """What a worker serves for a tenant's own policy before its learner published:
+    the global policy it serves, discounted as the learner's cold start will be."""
+    policy = load_policy(rt.policies[base].policy.to_bytes())
+    policy.discount(rt.settings.tenants[tenant].prior_weight)
+    policy.cost_weight = _tenant_cfg(rt.settings, base, tenant).cost_weight
+    return policy
 
 
 async def _catalogue(settings: Settings, st: Store) -> tuple[dict[str, ModelPrice], bool]:
@@ -274,9 +332,7 @@ async def _guard(rt: Runtime) -> None:
                 log.warning("experiment %s: guardrail stopped %s: %s", name, variant, rec.reason)
 
 
-async def _restore(
-    name: str, st: Store, fresh: Any, dim: int, features: str = ""
-) -> ServingPolicy:
+async def _restore(name: str, st: Store, fresh: Any, dim: int, features: str = "") -> ServingPolicy:
     try:
         snap = await st.load_snapshot(name)
     except StoreUnavailable:
@@ -286,7 +342,7 @@ async def _restore(
     check_features(name, snap, features)
     policy = await asyncio.to_thread(load_policy, snap.state)
     check_dim(name, policy, dim)
-    return ServingPolicy(name, policy, snap.version, features)
+    return ServingPolicy(name, policy, snap.version, features, snap.pacers)
 
 
 async def _refresh(rt: Runtime) -> None:
@@ -304,6 +360,7 @@ async def _refresh(rt: Runtime) -> None:
                 rt.experiments = _parse_experiments(
                     await rt.store.get_experiments(), rt.settings, rt.experiments
                 )
+                await registry.refresh(rt)
                 stored = await rt.store.get_models()
                 if not stored and not rt.catalogue_confirmed:
                     # the store was down at start-up and is empty: seed it now
@@ -365,9 +422,7 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
             refused = _auth_refusal(request)
             if refused is not None:
                 return refused
-            return _error(
-                request, status.HTTP_400_BAD_REQUEST, {"detail": "body: malformed JSON"}
-            )
+            return _error(request, status.HTTP_400_BAD_REQUEST, {"detail": "body: malformed JSON"})
         messages = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors]
         return _error(
             request,
@@ -451,9 +506,7 @@ def _allowed(scope: Any) -> list[str]:
 
 def _needs_admin(route: Any) -> bool:
     dependant = getattr(route, "dependant", None)
-    return dependant is not None and any(
-        d.call is require_admin for d in dependant.dependencies
-    )
+    return dependant is not None and any(d.call is require_admin for d in dependant.dependencies)
 
 
 def _auth_refusal(request: Request) -> JSONResponse | None:

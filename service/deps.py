@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.budgets.tenancy import caller_tenant, role_of_token
 from service.runtime_state import Runtime
 
 _bearer = HTTPBearer(auto_error=False)
@@ -33,7 +34,13 @@ def _matches(token: str, keys: list[str]) -> bool:
 
 
 def _role(runtime: Runtime, creds: HTTPAuthorizationCredentials | None) -> str | None:
+    """"admin", "client", or "tenant:<name>" for a tenant's own key (a tenant's key
+    names its tenant even where no other keys are configured)."""
     s = runtime.settings
+    if creds is not None and creds.scheme.lower() == "bearer" and runtime.tenant_keys:
+        role = role_of_token(runtime.tenant_keys, creds.credentials)
+        if role is not None:
+            return role
     if not s.auth_enabled:
         return "admin"
     if creds is None or creds.scheme.lower() != "bearer":
@@ -63,8 +70,14 @@ async def require_admin(runtime: RuntimeDep, creds: Credentials) -> str | None:
 
 
 async def require_metrics(runtime: RuntimeDep, creds: Credentials) -> str | None:
-    """/metrics: any key, unless `public_metrics` opens it."""
-    return None if runtime.settings.public_metrics else _role(runtime, creds)
+    """/metrics: any key but a tenant's (the metrics show every tenant's spend), unless
+    `public_metrics` opens it."""
+    if runtime.settings.public_metrics:
+        return None
+    role = _role(runtime, creds)
+    if caller_tenant(role) is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "/metrics: not open to a tenant's key")
+    return role
 
 
 async def require_docs(runtime: RuntimeDep, creds: Credentials) -> str | None:

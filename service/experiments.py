@@ -66,6 +66,9 @@ class ExperimentConfig(BaseModel):
     # learning variants also learn from the other variants' feedback (sound: every
     # decision is logged with its propensity); by default each learns from its own
     share_feedback: bool = False
+    # the tenant it belongs to: only that tenant's requests join it and only its key
+    # (or the admin's) sees it; None: global
+    tenant: str | None = Field(default=None, pattern=NAME)
 
     @field_validator("variants")
     @classmethod

@@ -11,15 +11,18 @@ learner that lost its lease (paused, partitioned) cannot overwrite a newer state
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from policies import Policy, PolicyError, load_policy
+from service.budgets.config import PacerConfig
+from service.budgets.pacer import Pacer
 from service.priors import Catalogue, add_model
 from service.store.base import (
     NOT_HELD,
@@ -58,6 +61,11 @@ class LearnerStats:
     backlog: int = 0  # expired decisions still open after the last sweep
 
 
+# what a learner paces: "" the policy's own λ, else a tenant's (sharing this policy's
+# state) -> (its target, the λ it starts from)
+PacerSpecs = Mapping[str, tuple[PacerConfig, float]]
+
+
 class Learner:
     """Learns one named policy from its feedback stream.
 
@@ -66,6 +74,11 @@ class Learner:
     workers with another featurizer refuse it.
     models: returns the current catalogue (model names), so registered models join
     the policy and deleted ones leave it; None while the catalogue is not known.
+    pacers: returns what to pace (PacerSpecs): each pacer observes the cost of every
+    call of its own (this policy's decisions, not copies from others; a tenant's: its
+    decisions) and the policy's own λ becomes its pacer's, published with the state.
+    seed_from / prior_weight: a cold start copies that policy's newest snapshot with
+    `prior_weight` of its evidence (a tenant's own state), else `fresh()`.
     """
 
     def __init__(
@@ -81,6 +94,9 @@ class Learner:
         models: Callable[[], Catalogue | None] | None = None,
         owner: str | None = None,
         features: str = "",
+        pacers: Callable[[], PacerSpecs] | None = None,
+        seed_from: str | None = None,
+        prior_weight: float = 1.0,
     ) -> None:
         self.store = store
         self.name = name
@@ -92,6 +108,11 @@ class Learner:
         self.models = models
         self.owner = owner or learner_id()
         self.features = features  # Featurizer.describe() as JSON, stamped on snapshots
+        self.pacer_specs = pacers
+        self.seed_from = seed_from
+        self.prior_weight = prior_weight
+        self.pacers: dict[str, Pacer] = {}
+        self._pacer_cfg: dict[str, PacerConfig] = {}
         self.stats = LearnerStats()
         self._policy: Policy | None = None
         self._dirty = 0
@@ -148,6 +169,7 @@ class Learner:
             await self._take_over()
         assert self._policy is not None
         self._sync_models()
+        self._sync_pacers()
         block = min(self.every_ms, self.lease_ttl_ms // 3, 200)
         batch = await self.store.read_feedback(
             self.name, self.stats.last_id, READ_BATCH, block_ms=block
@@ -222,6 +244,8 @@ class Learner:
                     cost_weight=ev.cost_weight,
                 )
                 self.stats.applied += 1
+                if ev.policy == self.name:
+                    self._pace(policy, ev)
             except PolicyError as exc:
                 # e.g. the model was deleted meanwhile: skip the event, never stall
                 self.stats.rejected += 1
@@ -233,10 +257,59 @@ class Learner:
             self.stats.last_id = entry_id
             self._dirty += 1
 
+    def _pace(self, policy: Policy, ev: FeedbackEvent) -> None:
+        at = ev.created_at if ev.created_at is not None else ev.received_at
+        own = self.pacers.get("")
+        if own is not None:
+            policy.cost_weight = own.observe(ev.cost_usd, ev.model, at)
+        if ev.tenant is not None and ev.tenant in self.pacers:
+            self.pacers[ev.tenant].observe(ev.cost_usd, ev.model, at)
+
+    def _sync_pacers(self, restored: Mapping[str, dict[str, object]] | None = None) -> None:
+        """Match the pacers to their configuration: a new or changed target gets a
+        pacer that continues from the old one's state (λ moves on from where it was),
+        a removed one goes."""
+        specs = {} if self.pacer_specs is None else self.pacer_specs()
+        for key in list(self.pacers):
+            if key not in specs:
+                del self.pacers[key], self._pacer_cfg[key]
+        for key, (cfg, lam) in specs.items():
+            if restored is None and self._pacer_cfg.get(key) == cfg:
+                continue
+            state = restored.get(key) if restored is not None else None
+            old = self.pacers.get(key)
+            pacer = cfg.make(lam)
+            if state is not None:
+                pacer.restore(dict(state))
+            elif old is not None:
+                pacer.restore(old.state())
+            self.pacers[key], self._pacer_cfg[key] = pacer, cfg
+        own = self.pacers.get("")
+        if own is not None and self._policy is not None:
+            self._policy.cost_weight = own.lam
+
+    async def _cold_start(self) -> Policy:
+        if self.seed_from is not None:
+            prior = await self.store.load_snapshot(self.seed_from)
+            if prior is not None:
+                policy = await asyncio.to_thread(load_policy, prior.state)
+                policy.discount(self.prior_weight)
+                fresh = self.fresh()
+                policy.cost_weight = fresh.cost_weight  # the tenant's λ, not the global one
+                log.info(
+                    "learner %s: starts from %s v%d at weight %g",
+                    self.name,
+                    self.seed_from,
+                    prior.version,
+                    self.prior_weight,
+                )
+                return policy
+        return self.fresh()
+
     async def _take_over(self) -> None:
         snap = await self.store.load_snapshot(self.name)
         if snap is None:
-            self._policy = self.fresh()
+            self._policy = await self._cold_start()
             self.stats.last_id, self.stats.version, applied = "0-0", 0, 0
         else:
             self._policy = await asyncio.to_thread(load_policy, snap.state)
@@ -246,6 +319,8 @@ class Learner:
                 snap.applied,
             )
         self.stats.applied = applied
+        self.pacers, self._pacer_cfg = {}, {}
+        self._sync_pacers(json.loads(snap.pacers) if snap is not None and snap.pacers else {})
         self.stats.holds_lease = True
         self.stats.last_publish = time.time()
         self._dirty = 0 if snap is not None else 1  # publish a cold start at once
@@ -284,6 +359,7 @@ class Learner:
             applied=self.stats.applied,
             published_at=time.time(),
             features=self.features,
+            pacers=json.dumps({k: p.state() for k, p in self.pacers.items()}),
         )
         if await self.store.publish_snapshot(self.name, snap, self.owner):
             self.stats.version = snap.version

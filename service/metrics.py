@@ -110,3 +110,27 @@ class Metrics:
             ["cascade", "escalated"],
             registry=self.registry,
         )
+        self.budget_reserved = Counter(
+            "banditroute_budget_reserved_usd_total",
+            "USD reserved against tenants' hard caps (estimates, before settlement)",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.budget_refused = Counter(
+            "banditroute_budget_refused_total",
+            "Requests answered 429 because no candidate fit the tenant's cap",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.budget = Gauge(
+            "banditroute_budget_usd",
+            "A capped tenant's window: spent (settled), reserved (open), remaining, cap",
+            ["tenant", "kind"],
+            registry=self.registry,
+        )
+        self.pacer_lambda = Gauge(
+            "banditroute_pacer_lambda",
+            "The λ a pacer published (tenant \"\": the policy's own)",
+            ["policy", "tenant"],
+            registry=self.registry,
+        )

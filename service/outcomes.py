@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from service.budgets import gate
+from service.budgets.tenancy import tenant_of_event
 from service.shadow import increments as shadow_increments
 from service.store.base import DecisionRecord, FeedbackEvent, FeedbackOutcome, default_cost
 
@@ -102,6 +104,8 @@ async def apply_quality(
     outcome = await rt.store.submit_feedback(rec.policy, event_id, event, now)
     count(rt, event_id, outcome.value)
     if outcome is FeedbackOutcome.ACCEPTED:
+        # an attached cost settled already: this settle then changes nothing
+        await gate.settle(rt, rec.tenant, event_id, cost)
         return Recorded("accepted", quality, cost, estimated)
     if outcome is FeedbackOutcome.PARKED:
         return Recorded("awaiting_cost", quality, None, False)
@@ -122,6 +126,7 @@ async def apply_cost(
     outcome = await rt.store.attach_cost(policy, event_id, cost_usd, now)
     count(rt, event_id, f"cost_{outcome.value}")
     if outcome is FeedbackOutcome.ACCEPTED:
+        await gate.settle(rt, tenant_of_event(event_id), event_id, cost_usd)
         return Recorded("cost_attached", None, cost_usd, False)
     return Recorded(_refused(outcome), None, None, False)
 
@@ -150,6 +155,10 @@ def _copies(
     for shadow, (_, p_shadow) in (rec.shadows or {}).items():
         w = p_shadow / rec.propensity
         targets[shadow] = shadow_increments(w, event.quality, event.cost_usd)
+    base = rec.policy.partition("@")[0]
+    if base != rec.policy and base in rt.policies:
+        # a tenant's own copy learns its feedback; the global policy learns everyone's
+        targets[base] = None
     exp = rt.experiments.get(rec.experiment or "")
     if exp is not None and exp.share_feedback:
         for v in exp.variants:

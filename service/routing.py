@@ -14,6 +14,13 @@ import numpy as np
 from fastapi import HTTPException, status
 
 from policies import Decision, PolicyError
+from service.budgets import gate
+from service.budgets.tenancy import (
+    new_event_id,
+    served_policy,
+    tenant_candidates,
+    tenant_lambda,
+)
 from service.experiments import VariantConfig, assign
 from service.runtime_state import Runtime
 from service.serving import ServingPolicy
@@ -35,6 +42,7 @@ class Routed:
     decision: Decision | None
     experiment: str | None = None
     variant: str | None = None
+    tenant: str | None = None
 
     @property
     def degraded(self) -> bool:
@@ -42,20 +50,31 @@ class Routed:
 
 
 def resolve_policy(
-    rt: Runtime, policy: str | None, experiment: str | None, unit_id: str | None
+    rt: Runtime,
+    policy: str | None,
+    experiment: str | None,
+    unit_id: str | None,
+    tenant: str | None = None,
 ) -> tuple[str, ServingPolicy, str | None, VariantConfig | None, str | None]:
     """(policy name, its serving copy, experiment, variant, unit) for a request naming
     a policy, an experiment, or neither (the default experiment, else the default
-    policy); 404 naming the known ones for an unknown name."""
-    exp_name, variant, unit = assignment(rt, policy, experiment, unit_id)
+    policy); 404 naming the known ones for an unknown name. For a tenant: its own
+    experiments only, its policy by default, and its own copy of a policy it learns."""
+    if tenant is not None and policy is None and experiment is None:
+        policy = rt.tenants[tenant].policy or rt.settings.default_policy
+    exp_name, variant, unit = assignment(rt, policy, experiment, unit_id, tenant)
     name = variant.policy if variant is not None else policy or rt.settings.default_policy
+    if "@" in name:  # a tenant's own copy is reached through its tenant, never by name
+        name = ""
     serving = rt.policies.get(name)
     if serving is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            f"policy: unknown policy {name!r}; known: {sorted(rt.policies)}",
+            f"policy: unknown policy {name!r}; known: "
+            f"{sorted(p for p in rt.policies if '@' not in p)}",
         )
-    return name, serving, exp_name, variant, unit
+    own = served_policy(rt, tenant, name)
+    return own, rt.policies[own], exp_name, variant, unit
 
 
 def check_candidates(rt: Runtime, candidates: list[str] | None, field: str = "candidates") -> None:
@@ -89,19 +108,53 @@ async def decide(
     awaits_cost: bool = False,
     prompt_tokens: int | None = None,
     restricted: list[str] | None = None,
+    tenant: str | None = None,
+    max_output_tokens: int | None = None,
 ) -> Routed:
     """Choose among `candidates` for context `x` (shape (dim,)) and log the decision
     with its propensity. A PolicyError (e.g. no usable candidate) is a 422; a store
-    outage gives the degraded answer rather than an error."""
+    outage gives the degraded answer rather than an error. A tenant's candidates, λ
+    and hard cap apply (a capped tenant over its cap: 429; its ledger unreachable: 503)."""
     policy = serving.policy
-    try:
-        d = policy.choose(x, candidates, cost_weight, text=text)
-    except PolicyError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    candidates = tenant_candidates(rt, tenant, candidates)
+    cost_weight = tenant_lambda(rt, tenant, serving, cost_weight)
+    event_id = new_event_id(name, tenant)
+    tokens = prompt_tokens if prompt_tokens is not None else max(1, len(text) // 4)
+    cap = None if tenant is None else rt.tenants[tenant].cap
+
+    def choose(among: list[str] | None) -> Decision:
+        try:
+            return policy.choose(x, among, cost_weight, text=text)
+        except PolicyError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+    if cap is None or tenant is None:
+        d = choose(candidates)
+    else:
+        try:
+            gated = await gate.choose_within(
+                rt,
+                tenant,
+                cap,
+                event_id,
+                candidates if candidates is not None else list(policy.models),
+                tokens,
+                max_output_tokens,
+                choose,
+            )
+        except StoreUnavailable:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"budget: tenant {tenant!r}'s ledger is unreachable; a capped tenant is "
+                "not served without it",
+                headers={"Retry-After": "1"},
+            ) from None
+        d = gated.decision
+        rt.metrics.budget_reserved.labels(tenant).inc(gated.amount)
     shadows = _shadow_choices(rt, name, x, d.model, d.probabilities, cost_weight, text)
     now = time.time()
     rec = DecisionRecord(
-        event_id=f"{name}.{uuid.uuid4().hex}",
+        event_id=event_id,
         policy=name,
         model=d.model,
         propensity=d.propensity,
@@ -111,7 +164,7 @@ async def decide(
         cost_weight=policy.cost_weight if cost_weight is None else cost_weight,
         created_at=now,
         deadline=now + rt.settings.decision_ttl_s,
-        prompt_tokens=prompt_tokens if prompt_tokens is not None else max(1, len(text) // 4),
+        prompt_tokens=tokens,
         expected_cost=(d.expected_cost or {}).get(d.model),
         experiment=experiment,
         variant=None if variant is None else variant.name,
@@ -119,10 +172,21 @@ async def decide(
         shadows={s: (m, p) for s, (m, p, _) in shadows.items()} or None,
         awaits_cost=awaits_cost,
         restricted=restricted,
+        tenant=tenant,
     )
     try:
         seen = await rt.store.put_decision(rec)
     except StoreUnavailable:
+        if cap is not None:
+            try:
+                await gate.release(rt, tenant, event_id)
+            except StoreUnavailable:
+                pass  # it expires with its ttl
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "store: the decision could not be logged; retry later",
+                headers={"Retry-After": "1"},
+            ) from None
         return degraded(rt, name, serving.version, candidates, rec.experiment, rec.variant)
     serving.notice_version(rt.store, seen, rt.catalogue)
     rt.metrics.decisions.labels(name, d.model, "false").inc()
@@ -140,6 +204,7 @@ async def decide(
         decision=d,
         experiment=rec.experiment,
         variant=rec.variant,
+        tenant=tenant,
     )
 
 
@@ -169,21 +234,28 @@ def _shadow_choices(
 
 
 def assignment(
-    rt: Runtime, policy: str | None, experiment: str | None, unit_id: str | None
+    rt: Runtime,
+    policy: str | None,
+    experiment: str | None,
+    unit_id: str | None,
+    tenant: str | None = None,
 ) -> tuple[str | None, VariantConfig | None, str | None]:
     """(experiment, variant, unit): the request's experiment, or the default one when
     it names no policy; a request without a unit id is assigned at random (and
-    counted as anonymous)."""
+    counted as anonymous). A tenant joins only its own experiments."""
     name = experiment
     if name is None and policy is None:
         name = rt.settings.default_experiment
     if name is None:
         return None, None, None
     exp = rt.experiments.get(name)
+    if exp is not None and exp.tenant != tenant and (tenant is not None or exp.tenant):
+        exp = None  # another tenant's: as if it did not exist
     if exp is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            f"experiment: unknown experiment {name!r}; known: {sorted(rt.experiments)}",
+            f"experiment: unknown experiment {name!r}; known: "
+            f"{sorted(n for n, e in rt.experiments.items() if e.tenant == tenant)}",
         )
     variant = exp.variant(assign(exp, unit_id if unit_id is not None else uuid.uuid4().hex))
     return name, variant, unit_id

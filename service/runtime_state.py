@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.batcher import FeatureBatcher
+from service.budgets.config import TenantConfig
 from service.experiments import ExperimentConfig
 from service.learner import Learner
 from service.metrics import Metrics
@@ -36,6 +37,9 @@ class Runtime:
     # held across each check-and-act on the catalogue (routes/models.py)
     catalogue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gateway: Gateway | None = None  # the OpenAI-compatible front door's parts
+    # tenants as stored (keys as digests), and key digest -> tenant
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    tenant_keys: dict[str, str] = field(default_factory=dict)
 
     @functools.cached_property
     def shadows_of(self) -> dict[str, list[str]]:

@@ -73,6 +73,12 @@ class RouteRequest(BaseModel):
     explain: bool = False
     # the call's cost will be posted separately: a quality posted first waits for it
     cost_later: bool = False
+    # the tenant it is for: a tenant's API key names it already (naming another is a
+    # 403); a tenant without keys is named here
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # the answer's token bound, for a capped tenant's reservation (else the catalogue's
+    # expected output)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
 
     @model_validator(mode="after")
     def _one_input(self) -> RouteRequest:

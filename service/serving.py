@@ -65,8 +65,14 @@ def check_dim(name: str, policy: Policy, dim: int) -> None:
 class ServingPolicy:
     """One named policy as a worker sees it: the newest snapshot it has loaded."""
 
-    def __init__(self, name: str, policy: Policy, version: int = 0, features: str = "") -> None:
+    def __init__(
+        self, name: str, policy: Policy, version: int = 0, features: str = "", pacers: str = ""
+    ) -> None:
         self.name = name
+        # the pacers' states published with this snapshot ("" the policy's own, else a
+        # tenant's: service.budgets), and each tenant's λ from them
+        self.pacer_states = pacer_states(pacers)
+        self.paced = {k: float(v["lam"]) for k, v in self.pacer_states.items() if k}
         self.features = features  # this worker's features_json(): snapshots must match
         # every worker draws its own stream (OS entropy), never the learner's
         self.rng = np.random.default_rng()
@@ -122,6 +128,25 @@ class ServingPolicy:
                 return
             policy.use_rng(self.rng)
             self.policy, self.version = policy, snap.version
+            states = pacer_states(snap.pacers)
+            self.pacer_states = states
+            self.paced = {k: float(v["lam"]) for k, v in states.items() if k}
+
+
+def pacer_states(pacers: str) -> dict[str, dict[str, Any]]:
+    """A snapshot's pacer states by key ("" the policy's own: its cost_weight already);
+    an unreadable field is logged and read as none (tenants then route with their
+    start λ)."""
+    if not pacers:
+        return {}
+    try:
+        states = json.loads(pacers)
+        for v in states.values():
+            float(v["lam"])
+        return {str(k): dict(v) for k, v in states.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.error("snapshot pacers unreadable (%s): tenants route with their start λ", exc)
+        return {}
 
 
 def _sync(policy: Policy, catalogue: Catalogue) -> bool:

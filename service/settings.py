@@ -15,6 +15,12 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from service.budgets.config import (
+    OWN_STATE_KINDS,
+    PacerConfig,
+    TenantConfig,
+    check_tenant_name,
+)
 from service.embedder import EmbedBackend
 from service.experiments import ExperimentConfig
 from service.gateway.config import GatewayConfig, UpstreamConfig
@@ -64,6 +70,9 @@ class PolicyConfig(BaseModel):
     # run in shadow beside this served policy: see every request, learn from its
     # feedback, never answer
     shadow_of: str | None = None
+    # move cost_weight online toward a spend target (service/budgets/pacer.py); a
+    # paced policy routes with the pacer's λ, whatever a request asks
+    pacer: PacerConfig | None = None
 
 
 class Settings(BaseSettings):
@@ -128,6 +137,10 @@ class Settings(BaseSettings):
     public_metrics: bool = False
     public_docs: bool = False
 
+    # tenants (service/budgets/): seed the store at start-up like experiments; after
+    # that the admin API owns them (own_state is fixed at start-up: it adds a learner)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+
     # the OpenAI-compatible gateway (service/gateway/)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     # where sensitive data may go (service/privacy/rules.py)
@@ -160,6 +173,30 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"policies.{name}.shadow_of: {p.shadow_of!r} is not another configured policy"
                 )
+        for name, p in self.policies.items():
+            if p.pacer is not None and p.shadow_of is not None:
+                raise ValueError(
+                    f"policies.{name}.pacer: a shadow never routes; it cannot be paced"
+                )
+        for name, t in self.tenants.items():
+            try:
+                check_tenant_name(name)
+            except ValueError as exc:
+                raise ValueError(f"tenants.{name}: {exc}") from None
+            policy = t.policy or self.default_policy
+            if policy not in self.policies or self.policies[policy].shadow_of is not None:
+                raise ValueError(
+                    f"tenants.{name}.policy: {policy!r} is not a served policy "
+                    f"{sorted(n for n, p in self.policies.items() if p.shadow_of is None)}"
+                )
+            if t.own_state and self.policies[policy].kind not in OWN_STATE_KINDS:
+                raise ValueError(
+                    f"tenants.{name}.own_state: policy {policy!r} is a "
+                    f"{self.policies[policy].kind!r}; own state needs one of {OWN_STATE_KINDS}"
+                )
+            unknown = sorted(set(t.candidates or []) - set(names))
+            if self.models and unknown:
+                raise ValueError(f"tenants.{name}.candidates: unknown model(s) {unknown}")
         exps = [e.name for e in self.experiments]
         if len(set(exps)) != len(exps):
             raise ValueError(f"experiments: duplicate experiment names in {exps}")

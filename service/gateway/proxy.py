@@ -17,6 +17,7 @@ import httpx
 from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from service.budgets.tenancy import request_tenant, tenant_candidates
 from service.embedder import text_from_messages
 from service.gateway.cascade import as_stream
 from service.gateway.cascade import run as run_cascade
@@ -118,9 +119,12 @@ def _prompt_tokens(req: ChatCompletionRequest) -> int:
     return max(1, chars // 4)
 
 
-async def chat(rt: Runtime, gw: Gateway, req: ChatCompletionRequest, request: Request) -> Response:
+async def chat(
+    rt: Runtime, gw: Gateway, req: ChatCompletionRequest, request: Request, role: str | None
+) -> Response:
     target = resolve(rt, req.model, gw.pool.models)
     ext = extensions(request, req, gw.cfg.session_from_user)
+    tenant = request_tenant(rt, role, ext.tenant)
     try:
         text = text_from_messages(req.messages)
     except (ValueError, TypeError) as exc:
@@ -138,8 +142,18 @@ async def chat(rt: Runtime, gw: Gateway, req: ChatCompletionRequest, request: Re
     if target.model is not None:  # a named model: no routing, nothing learned
         if not guard.allowed([target.model], tags_of(rt.catalogue)):
             raise refusal(guard, f"model {target.model!r} is not allowed for them")
+        if tenant is not None and (
+            rt.tenants[tenant].cap is not None
+            or target.model not in (tenant_candidates(rt, tenant, None) or [target.model])
+        ):
+            # a direct call is neither routed nor reserved: a capped tenant is routed
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"model: tenant {tenant!r} may not call {target.model!r} directly; "
+                "use model 'auto'",
+            )
         return await _direct(rt, gw, req, target.model, text, ext, guard)
-    return await _routed(rt, gw, req, text, ext, target.policy, target.experiment, guard)
+    return await _routed(rt, gw, req, text, ext, target.policy, target.experiment, guard, tenant)
 
 
 async def _direct(
@@ -170,8 +184,9 @@ async def _routed(
     policy: str | None,
     experiment: str | None,
     guard: Restriction,
+    tenant: str | None = None,
 ) -> Response:
-    name, serving, exp, variant, unit = resolve_policy(rt, policy, experiment, ext.unit)
+    name, serving, exp, variant, unit = resolve_policy(rt, policy, experiment, ext.unit, tenant)
     known = set(serving.policy.models)
     candidates = [m for m in gw.pool.models if m in rt.catalogue and m in known]
     candidates += [c for c in gw.cascades if c in rt.catalogue and c in known]
@@ -197,7 +212,9 @@ async def _routed(
     last: Failure | None = None
     failed: list[str] = []
     prompt_tokens = _prompt_tokens(req)
-    pinned = await _pinned(rt, gw, name, ext, candidates, prompt_tokens)
+    # a capped tenant's every turn reserves its own estimate: no pinned turns
+    capped = tenant is not None and rt.tenants[tenant].cap is not None
+    pinned = None if capped else await _pinned(rt, gw, name, ext, candidates, prompt_tokens)
     if pinned is not None:
         opened = await _open(rt, pinned.upstream, req)
         if not isinstance(opened, Failure):
@@ -225,6 +242,8 @@ async def _routed(
                 awaits_cost=req.stream,
                 prompt_tokens=prompt_tokens,
                 restricted=list(guard.entities) if guard.applies else None,
+                tenant=tenant,
+                max_output_tokens=req.max_output_tokens,
             )
         except HTTPException:
             if last is None:
@@ -249,7 +268,12 @@ async def _routed(
             failed.append(routed.model)
             await _record_failure(rt, gw, routed)
             continue
-        if ext.session is not None and gw.cfg.session_turns > 1 and routed.record is not None:
+        if (
+            ext.session is not None
+            and gw.cfg.session_turns > 1
+            and routed.record is not None
+            and not capped
+        ):
             try:
                 await rt.store.pin_session(
                     name,

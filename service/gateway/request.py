@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.budgets.config import TENANT_NAME, TENANT_RE
 from service.runtime_state import Runtime
 from service.schemas import Text
 
@@ -42,6 +43,16 @@ class ChatCompletionRequest(BaseModel):
     @property
     def wants_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The answer's token bound, if the body sets one (for a capped reservation)."""
+        extra = self.model_extra or {}
+        for key in ("max_completion_tokens", "max_tokens"):
+            v = extra.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class Extensions:
     session: str | None
     unit: str | None
     sensitive: bool = False  # x-banditroute-sensitive: the caller says it is
+    tenant: str | None = None  # x-banditroute-tenant (a tenant's key names it already)
 
 
 def extensions(
@@ -117,4 +129,10 @@ def extensions(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: longer than 256 characters"
             )
     sensitive = h.get("x-banditroute-sensitive", "").strip().lower() in ("1", "true", "yes")
-    return Extensions(cost_weight, session, unit, sensitive)
+    tenant = h.get("x-banditroute-tenant")
+    if tenant is not None and not TENANT_RE.match(tenant):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"x-banditroute-tenant: {tenant[:80]!r} must match {TENANT_NAME}",
+        )
+    return Extensions(cost_weight, session, unit, sensitive, tenant)

@@ -17,8 +17,9 @@ router = APIRouter(prefix="/v1", tags=["gateway"])
     "/chat/completions",
     responses={
         200: {"description": "the upstream's answer (JSON, or an SSE stream)"},
-        404: {"model": ErrorOut, "description": "an unknown model, router or experiment"},
-        429: {"description": "every candidate was rate-limited (OpenAI-style error)"},
+        403: {"model": ErrorOut, "description": "a tenant this key may not name"},
+        404: {"model": ErrorOut, "description": "an unknown model, router, experiment or tenant"},
+        429: {"description": "every candidate was rate-limited, or none fits the tenant's cap"},
         502: {"description": "every candidate failed (OpenAI-style error)"},
         504: {"description": "every candidate timed out (OpenAI-style error)"},
     },
@@ -33,4 +34,4 @@ async def chat_completions(
     gw = rt.gateway
     if gw is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the gateway is not running")
-    return await chat(rt, gw, body, request)
+    return await chat(rt, gw, body, request, _auth)

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from service.abreport import RunningDifference, build_report, collect, cost_scale
+from service.budgets.tenancy import caller_tenant, check_visible
 from service.deps import AdminAuth, ClientAuth, RuntimeDep
 from service.experiments import ExperimentConfig
 from service.schemas import PolicyName
@@ -57,7 +58,12 @@ def _get(rt: RuntimeDep, name: str) -> ExperimentConfig:
 
 @router.get("/experiments")
 async def list_experiments(rt: RuntimeDep, _auth: ClientAuth) -> dict[str, Any]:
-    return {name: exp.model_dump() for name, exp in rt.experiments.items()}
+    own = caller_tenant(_auth)  # a tenant's key lists its own experiments only
+    return {
+        name: exp.model_dump()
+        for name, exp in rt.experiments.items()
+        if own is None or exp.tenant == own
+    }
 
 
 @router.put("/experiments/{name}")
@@ -73,6 +79,8 @@ async def put_experiment(
         )
     try:
         body.check_policies(rt.policies)
+        if body.tenant is not None and body.tenant not in rt.tenants:
+            raise ValueError(f"tenant: unknown tenant {body.tenant!r}")
         # what is stored must read back as it was validated, on every worker
         doc = body.model_dump_json()
         ExperimentConfig.model_validate_json(doc)
@@ -98,6 +106,8 @@ async def delete_experiment(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Resp
 
 @router.get("/experiments/{name}")
 async def experiment_report(name: str, rt: RuntimeDep, _auth: ClientAuth) -> dict[str, Any]:
+    exp = rt.experiments.get(name)
+    check_visible(_auth, None if exp is None else exp.tenant, "experiment")
     """Per variant: units, decisions, feedback rate, mean reward, quality and cost per
     query with intervals over units (a unit's requests are not independent); each
     variant minus control with its fixed-horizon interval and its anytime-valid

@@ -9,6 +9,7 @@ import time
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 
+from service.budgets.tenancy import check_visible, tenant_of_event
 from service.deps import ClientAuth, RuntimeDep
 from service.outcomes import Recorded, apply_cost, apply_quality, count, find_decision
 from service.schemas import MAX_CALL_USD, FeedbackRequest, FeedbackResponse
@@ -42,6 +43,8 @@ async def feedback(
 ) -> FeedbackResponse | JSONResponse:
     """A quality with or without the cost (an attached cost wins; none: estimated, or
     parked for a decision that awaits its cost), or the cost alone."""
+    # another tenant's decision is, to this key, no decision at all
+    check_visible(_auth, tenant_of_event(req.event_id), "event_id")
     now = time.time()
     quality = req.quality_value()
     try:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 
 from service import shadow
+from service.budgets.tenancy import caller_tenant
 from service.deps import ClientAuth, RuntimeDep
 from service.runtime_state import Runtime
 from service.schemas import ModelStatsOut, PolicyStatus
@@ -37,6 +38,9 @@ async def progress(rt: Runtime, name: str) -> tuple[Snapshot | None, int, int, f
 @router.get("/{name}", response_model=PolicyStatus)
 async def policy_status(name: str, rt: RuntimeDep, _auth: ClientAuth) -> PolicyStatus:
     serving = rt.policies.get(name)
+    own = caller_tenant(_auth)
+    if own is not None and "@" in name and name.partition("@")[2] != own:
+        serving = None  # another tenant's own state: to this key, no such policy
     if serving is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"name: unknown policy {name!r}")
     try:

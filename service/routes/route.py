@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
+from service.budgets.tenancy import request_tenant
 from service.deps import Credentials, _role
 from service.embedder import text_from_messages
 from service.privacy.guard import all_text, refusal, tags_of
@@ -27,7 +28,7 @@ async def require_client(request: Request, creds: Credentials) -> Runtime:
     (whose 401 answers the app adds by this name), for one dependency solved per
     request instead of three: FastAPI pays a fixed cost for each."""
     rt: Runtime = request.app.state.runtime
-    _role(rt, creds)
+    request.state.role = _role(rt, creds)
     return rt
 
 
@@ -68,12 +69,14 @@ async def _restrict(rt: Runtime, req: RouteRequest) -> tuple[list[str] | None, l
     response_model=RouteResponse,
     response_model_exclude_none=True,
     responses={
-        404: {"model": ErrorOut, "description": "an unknown policy or experiment"},
+        403: {"model": ErrorOut, "description": "a tenant this key may not name"},
+        404: {"model": ErrorOut, "description": "an unknown policy, experiment or tenant"},
         413: {"model": ErrorOut, "description": "the query exceeds max_query_chars"},
+        429: {"model": ErrorOut, "description": "no candidate fits the tenant's cap"},
         503: {"model": ErrorOut, "description": "the embedding queue is full; see Retry-After"},
     },
 )
-async def route(req: RouteRequest, rt: ClientRuntime) -> Response:
+async def route(req: RouteRequest, request: Request, rt: ClientRuntime) -> Response:
     """Choose a model. A request names exactly one of `query` and `messages` (routed
     on the last user message, which needs text that is not only whitespace), and at
     most one of `policy` and `experiment`; `candidates` must be registered models.
@@ -86,8 +89,9 @@ async def route(req: RouteRequest, rt: ClientRuntime) -> Response:
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"query: {len(text)} characters exceeds the limit of {s.max_query_chars}",
         )
+    tenant = request_tenant(rt, request.state.role, req.tenant)
     name, serving, experiment, variant, unit = resolve_policy(
-        rt, req.policy, req.experiment, req.unit_id
+        rt, req.policy, req.experiment, req.unit_id, tenant
     )
     check_candidates(rt, req.candidates)
     candidates, restricted = await _restrict(rt, req)
@@ -105,6 +109,8 @@ async def route(req: RouteRequest, rt: ClientRuntime) -> Response:
         unit=unit,
         awaits_cost=req.cost_later,
         restricted=restricted,
+        tenant=tenant,
+        max_output_tokens=req.max_output_tokens,
     )
     d = routed.decision
     explanation = None

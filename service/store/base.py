@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.abstats import Sums
+from service.budgets.ledger import Ledger
 from service.shadow import increments as shadow_increments
 
 
@@ -128,6 +129,8 @@ class DecisionRecord:
     # the sensitive entity types that restricted its candidates (privacy rules); never
     # the matched text
     restricted: list[str] | None = None
+    # the tenant that asked (None: none); its budget and pacer count this call
+    tenant: str | None = None
     # the call's measured cost (USD) once `attach_cost` took it; filled when the record
     # is read, never stored with it (the store keeps it apart, so it can come later)
     cost_usd: float | None = None
@@ -204,6 +207,7 @@ class FeedbackEvent:
     copies: dict[str, dict[str, float] | None] | None = None
     cost_estimated: bool = False
     restricted: list[str] | None = None  # as its decision's
+    tenant: str | None = None  # as its decision's
 
     def encode(self) -> dict[str, bytes]:
         meta = asdict(self)
@@ -258,6 +262,7 @@ class FeedbackEvent:
             created_at=rec.created_at,
             unit=rec.unit,
             restricted=rec.restricted,
+            tenant=rec.tenant,
         )
 
 
@@ -266,7 +271,7 @@ class Snapshot:
     """A published policy state. last_id: the newest stream entry it contains
     ("0-0" for none); applied: feedback events applied in total; features: the
     featurizer that made its contexts (Featurizer.describe() as JSON, "" unknown), so
-    a worker with another one refuses it."""
+    a worker with another one refuses it; pacers: see below."""
 
     state: bytes
     version: int
@@ -274,6 +279,9 @@ class Snapshot:
     applied: int
     published_at: float = 0.0
     features: str = ""
+    # the pacers' states (service.budgets.pacer) as JSON, {"": the policy's, tenant:
+    # its}: published with the state they paced, so a learner resumes them
+    pacers: str = ""
 
 
 # a typical routed prompt and answer, for a model whose catalogue entry says nothing
@@ -541,6 +549,20 @@ class Store(ABC):
         """Delete it and the counters of its (policy, variant) arms, so a new experiment
         of the same name starts from zero; True if it existed."""
 
+    @abstractmethod
+    async def get_tenants(self, include_deleted: bool = False) -> dict[str, str]:
+        """Tenant name -> its configuration as JSON (keys as SHA-256 digests, never
+        the keys); deleted names map to "" with include_deleted, as for experiments."""
+
+    @abstractmethod
+    async def put_tenant(self, name: str, doc: str) -> None:
+        """Store a whole, validated tenant configuration in one write."""
+
+    @abstractmethod
+    async def delete_tenant(self, name: str) -> bool:
+        """Delete it (a tombstone, so a configured tenant is not seeded again); True if
+        it existed."""
+
     # ---- snapshots and lease ----------------------------------------------
     @abstractmethod
     async def publish_snapshot(self, policy: str, snap: Snapshot, owner: str | None) -> bool:
@@ -580,6 +602,12 @@ class Store(ABC):
         """True if it existed. Raises LastModel, deleting nothing, if it is the only
         model: the check and the delete are one atomic step in the store, so workers
         deleting the last two models at once cannot empty the catalogue."""
+
+    # ---- budgets -------------------------------------------------------------
+    @abstractmethod
+    def ledger(self) -> Ledger:
+        """The tenants' hard-cap ledger (service.budgets.ledger) on this store's
+        backend; the same one on every call."""
 
     # ---- housekeeping -------------------------------------------------------
     @abstractmethod

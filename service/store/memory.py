@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from service.abstats import UnitTotals, unit_decision, unit_feedback
+from service.budgets.ledger import MemoryLedger
 from service.store.base import (
     NOT_HELD,
     RENEWED,
@@ -56,6 +57,7 @@ log = logging.getLogger("banditroute.store")
 _MAGIC = b"BRSNAP1\n"
 _MODELS_FILE = "models.json"
 _EXPERIMENTS_FILE = "experiments.json"
+_TENANTS_FILE = "tenants.json"
 _HEADER_KEYS = {"version", "last_id", "applied", "published_at", "size"}
 
 # the states a decision goes through, as in the Redis store's `answered` field;
@@ -168,6 +170,9 @@ class MemoryStore(Store):
         self._experiments: dict[str, str] = {}
         if state_dir is not None and (state_dir / _EXPERIMENTS_FILE).is_file():
             self._experiments = json.loads((state_dir / _EXPERIMENTS_FILE).read_text())
+        self._tenants: dict[str, str] = {}
+        if state_dir is not None and (state_dir / _TENANTS_FILE).is_file():
+            self._tenants = json.loads((state_dir / _TENANTS_FILE).read_text())
         self._disk_lock = asyncio.Lock()
         self._persisted: dict[str, int] = {}  # policy -> version on disk
 
@@ -452,6 +457,19 @@ class MemoryStore(Store):
         self._experiments[name] = doc
         await self._persist_json(_EXPERIMENTS_FILE, self._experiments)
 
+    async def get_tenants(self, include_deleted: bool = False) -> dict[str, str]:
+        return {k: v for k, v in self._tenants.items() if include_deleted or v}
+
+    async def put_tenant(self, name: str, doc: str) -> None:
+        self._tenants[name] = doc
+        await self._persist_json(_TENANTS_FILE, self._tenants)
+
+    async def delete_tenant(self, name: str) -> bool:
+        found = bool(self._tenants.get(name))
+        self._tenants[name] = ""
+        await self._persist_json(_TENANTS_FILE, self._tenants)
+        return found
+
     async def delete_experiment(self, name: str, arms: list[tuple[str, str]]) -> bool:
         found = bool(self._experiments.get(name))
         self._experiments[name] = ""  # a tombstone: never re-seeded
@@ -504,6 +522,7 @@ class MemoryStore(Store):
             applied=int(meta["applied"]),
             published_at=float(meta["published_at"]),
             features=str(meta.get("features", "")),
+            pacers=str(meta.get("pacers", "")),
         )
 
     async def snapshot_version(self, policy: str) -> int:
@@ -551,6 +570,14 @@ class MemoryStore(Store):
                 await asyncio.to_thread(_write_atomic, self.state_dir / name, data)
             except OSError as exc:
                 raise StoreUnavailable(f"cannot persist {name}: {exc}") from exc
+
+    # ---- budgets -------------------------------------------------------------
+    def ledger(self) -> MemoryLedger:
+        # made on first use rather than in __init__; one per store, its sums live in it
+        led: MemoryLedger | None = getattr(self, "_ledger", None)
+        if led is None:
+            led = self._ledger = MemoryLedger()
+        return led
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:
@@ -722,6 +749,7 @@ def _header(snap: Snapshot) -> dict[str, float | int | str]:
         "published_at": snap.published_at,
         "size": len(snap.state),
         "features": snap.features,
+        "pacers": snap.pacers,
     }
 
 
@@ -785,6 +813,7 @@ def _read_snapshot(path: Path) -> Snapshot | None:
         applied=int(head["applied"]),
         published_at=float(head["published_at"]),
         features=str(head.get("features", "")),
+        pacers=str(head.get("pacers", "")),
     )
 
 

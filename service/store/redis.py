@@ -64,6 +64,7 @@ import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.budgets.ledger_redis import RedisLedger
 from service.store.base import (
     SWEEP_MARGIN_S,
     UNIT_TTL_S,
@@ -297,7 +298,7 @@ return {f[1], f[2], n}
 
 # KEYS: snap, snapmeta, stream, lease.
 # ARGV: fenced ("1"/"0"), owner, state, version, last_id, applied, published_at, minid,
-# features.
+# features, pacers.
 _PUBLISH = """
 if ARGV[1] == '1' then
   if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
@@ -306,7 +307,8 @@ if ARGV[1] == '1' then
 end
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('HSET', KEYS[2], 'version', ARGV[4], 'last_id', ARGV[5],
-           'applied', ARGV[6], 'published_at', ARGV[7], 'features', ARGV[9] or '')
+           'applied', ARGV[6], 'published_at', ARGV[7], 'features', ARGV[9] or '',
+           'pacers', ARGV[10] or '')
 if ARGV[8] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[8]) end
 return 1
 """
@@ -922,6 +924,28 @@ return redis.call('HGET', KEYS[3], 'version')
     async def put_experiment(self, name: str, doc: str) -> None:
         await self._redis().hset(self.experiments_key, name, doc)
 
+    @property
+    def tenants_key(self) -> str:
+        return f"{self.prefix}:tenants"
+
+    @_reachable
+    async def get_tenants(self, include_deleted: bool = False) -> dict[str, str]:
+        raw = await self._redis().hgetall(self.tenants_key)
+        docs = {_text(k): _text(v) for k, v in raw.items()}
+        return docs if include_deleted else {k: v for k, v in docs.items() if v}
+
+    @_reachable
+    async def put_tenant(self, name: str, doc: str) -> None:
+        await self._redis().hset(self.tenants_key, name, doc)
+
+    @_reachable
+    async def delete_tenant(self, name: str) -> bool:
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.hget(self.tenants_key, name)
+            pipe.hset(self.tenants_key, name, "")
+            old, _ = await pipe.execute()
+        return bool(old)
+
     @_reachable
     async def delete_experiment(self, name: str, arms: list[tuple[str, str]]) -> bool:
         async with self._redis().pipeline(transaction=True) as pipe:
@@ -958,6 +982,7 @@ return redis.call('HGET', KEYS[3], 'version')
                 repr(float(snap.published_at)),
                 _min_id_after(snap.last_id),
                 snap.features,
+                snap.pacers,
             ],
         )
         return bool(ok)
@@ -979,6 +1004,7 @@ return redis.call('HGET', KEYS[3], 'version')
             applied=int(meta[b"applied"]),
             published_at=float(meta[b"published_at"]),
             features=meta.get(b"features", b"").decode(),
+            pacers=meta.get(b"pacers", b"").decode(),
         )
 
     @_reachable
@@ -993,6 +1019,7 @@ return redis.call('HGET', KEYS[3], 'version')
             applied=int(meta[b"applied"]),
             published_at=float(meta[b"published_at"]),
             features=meta.get(b"features", b"").decode(),
+            pacers=meta.get(b"pacers", b"").decode(),
         )
 
     @_reachable
@@ -1027,6 +1054,20 @@ return redis.call('HGET', KEYS[3], 'version')
         if done < 0:
             raise LastModel(name)
         return done == 1
+
+    # ---- budgets -------------------------------------------------------------
+    def ledger(self) -> RedisLedger:
+        # made on first use rather than in __init__; stateless but for its scripts
+        led: RedisLedger | None = getattr(self, "_ledger", None)
+        if led is None:
+            led = self._ledger = RedisLedger(self)
+        return led
+
+    @_reachable
+    async def ledger_call(self, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """`call` on this store's client, with its outage handling: the ledger's calls
+        map "Redis cannot be reached" to StoreUnavailable like the store's own."""
+        return await call(self._redis())
 
     # ---- housekeeping -------------------------------------------------------
     async def ping(self) -> bool:

@@ -1,0 +1,140 @@
+"""The pacer in the learner (real stores): it observes the costs of the policy's own
+feedback, sets the policy's λ, publishes its state with the snapshot, and a successor
+learner resumes it; a tenant's pacer counts only that tenant's calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies import Policy, load_policy, make_policy
+from service.budgets.config import PacerConfig
+from service.learner import Learner
+from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Store
+from tests.service_helpers import REDIS_URL, drop_prefix
+
+POLICY = "paced"
+MODELS = ["cheap", "strong"]
+DIM = 4
+TARGET = PacerConfig(usd_per_1k=1.0, step=0.05)  # $0.001 a call
+
+
+def fresh() -> Policy:
+    return make_policy("linucb", MODELS, DIM, seed=0, cost_weight=0.2)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[type]:
+    prefix = f"brtest-pacing-{uuid.uuid4().hex[:8]}"
+
+    def make() -> Store:
+        if request.param == "memory":
+            return MemoryStore(tmp_path / "state")
+        return RedisStore(REDIS_URL, prefix=prefix)
+
+    yield make  # type: ignore[misc]
+    if request.param == "redis":
+        drop_prefix(prefix)
+
+
+async def feed(store: Store, costs: list[float], tenant: str | None = None, start: int = 0) -> None:
+    now = time.time()
+    for i, cost in enumerate(costs, start):
+        rec = DecisionRecord(
+            event_id=f"{POLICY}.{i}",
+            policy=POLICY,
+            model=MODELS[i % 2],
+            propensity=0.5,
+            policy_version=0,
+            context=np.ones(DIM),
+            candidates=MODELS,
+            cost_weight=0.2,
+            created_at=now + i,
+            deadline=now + 600,
+            tenant=tenant,
+        )
+        await store.put_decision(rec)
+        ev = FeedbackEvent.join(rec, quality=0.5, cost_usd=cost, source="user", now=now)
+        assert (await store.submit_feedback(POLICY, rec.event_id, ev, now)).value == "accepted"
+
+
+def _learner(store: Store, specs: dict[str, tuple[PacerConfig, float]]) -> Learner:
+    return Learner(
+        store, POLICY, fresh, every_n=10, every_ms=50, lease_ttl_ms=600, pacers=lambda: specs
+    )
+
+
+async def _until_applied(store: Store, n: int) -> None:
+    for _ in range(400):
+        snap = await store.snapshot_info(POLICY)
+        if snap is not None and snap.applied >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the learner never applied {n} events")
+
+
+def test_pacer_sets_lambda_publishes_and_resumes(store_factory: type) -> None:
+    async def main() -> None:
+        store = store_factory()
+        # overspend: every call costs twice the target, so λ climbs by step a call
+        await feed(store, [0.002] * 40)
+        a = _learner(store, {"": (TARGET, 0.2)})
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.run(stop))
+        await _until_applied(store, 40)
+        stop.set()
+        await task
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None
+        state = json.loads(snap.pacers)[""]
+        assert state["n"] == 40
+        assert state["lam"] == pytest.approx(0.2 + 40 * 0.05)
+        # the policy's own λ is the pacer's, in the published state itself
+        assert load_policy(snap.state).cost_weight == pytest.approx(state["lam"])
+        # a successor resumes the pacer: underspending (cost 0) walks λ back down
+        await feed(store, [0.0] * 20, start=40)
+        b = _learner(store, {"": (TARGET, 0.2)})
+        stop = asyncio.Event()
+        task = asyncio.create_task(b.run(stop))
+        await _until_applied(store, 60)
+        stop.set()
+        await task
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None
+        state = json.loads(snap.pacers)[""]
+        assert state["n"] == 60
+        assert state["lam"] == pytest.approx(0.2 + 40 * 0.05 - 20 * 0.05)
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_tenant_pacer_counts_only_its_tenant(store_factory: type) -> None:
+    async def main() -> None:
+        store = store_factory()
+        await feed(store, [0.002] * 10, tenant="acme")
+        await feed(store, [0.002] * 30, tenant=None, start=10)
+        learner = _learner(store, {"acme": (TARGET, 1.0)})
+        stop = asyncio.Event()
+        task = asyncio.create_task(learner.run(stop))
+        await _until_applied(store, 40)
+        stop.set()
+        await task
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None
+        states = json.loads(snap.pacers)
+        assert set(states) == {"acme"}
+        assert states["acme"]["n"] == 10
+        assert states["acme"]["lam"] == pytest.approx(1.0 + 10 * 0.05)
+        # no pacer of its own: the policy keeps its configured λ
+        assert load_policy(snap.state).cost_weight == pytest.approx(0.2)
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))

@@ -206,7 +206,7 @@ def test_cap_narrows_candidates_then_answers_429(
         body = {"tenant": "lean", "max_output_tokens": 1000, "explain": True}
         prices = {m.name: m.price() for m in MODELS}
         spent, seen = 0.0, []
-        for i, q in enumerate(queries(60)):
+        for q in queries(60):
             # what fits what is left: the estimate is the prompt plus 1,000 answer tokens
             fits = {
                 m
@@ -235,7 +235,7 @@ def test_cap_narrows_candidates_then_answers_429(
             assert status["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
         else:
             raise AssertionError(f"never refused; spent {spent}")
-        assert i > 0
+        assert len(seen) > 1  # it served before it refused
         # the large model never fitted
         assert all("large" not in s for s in seen)
         assert spent <= cap.usd + 1e-12

@@ -27,7 +27,7 @@ from policies import Policy, PolicyError, load_policy
 from service.abreport import collect, cost_scale, guardrail_stops
 from service.batcher import FeatureBatcher, Overloaded
 from service.budgets import registry
-from service.budgets.tenancy import pacer_specs
+from service.budgets.tenancy import pacers_for
 from service.deps import DocsAuth, _role, require_admin
 from service.embedder import Embedder
 from service.experiments import ExperimentConfig
@@ -202,7 +202,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
                 default_reward=settings.default_reward,
                 models=rt.confirmed_catalogue,
                 features=features_json(featurizer),
-                pacers=functools.partial(pacer_specs, settings, rt, name),
+                pacers=pacers_for(settings, lambda: rt.tenants, name),
             )
             rt.learners.append(learner)
             rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
@@ -220,7 +220,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
                 default_reward=settings.default_reward,
                 models=rt.confirmed_catalogue,
                 features=features_json(featurizer),
-                pacers=functools.partial(pacer_specs, settings, rt, own),
+                pacers=pacers_for(settings, lambda: rt.tenants, own),
                 seed_from=base,
                 prior_weight=t.prior_weight,
             )

@@ -222,6 +222,9 @@ async def _run_learners(settings: Any, signal: Any) -> None:
     import asyncio
 
     from policies import Policy
+    from service.budgets import registry
+    from service.budgets.config import TenantConfig
+    from service.budgets.tenancy import pacers_for
     from service.embedder import Embedder
     from service.features import Featurizer
     from service.learner import Learner
@@ -251,12 +254,16 @@ async def _run_learners(settings: Any, signal: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    # the tenants' pacer targets, as the store has them (the admin API changes them)
+    tenants: dict[str, TenantConfig] = await registry.load(settings, store)
+
     async def refresh() -> None:
-        nonlocal catalogue
+        nonlocal catalogue, tenants
         while not stop.is_set():
             try:
                 found = await store.get_models()
                 catalogue = found if found else catalogue or configured
+                tenants = registry.parse(await store.get_tenants(), tenants)
             except StoreUnavailable:
                 pass  # the learners report the outage
             try:
@@ -279,9 +286,31 @@ async def _run_learners(settings: Any, signal: Any) -> None:
             default_reward=settings.default_reward,
             models=lambda: catalogue,
             features=features_json(featurizer),
+            pacers=pacers_for(settings, lambda: tenants, name),
         )
         for name, cfg in settings.policies.items()
     ]
+    for own, (base, tenant) in registry.own_state_policies(settings).items():
+        t = settings.tenants[tenant]
+        cfg = settings.policies[base]
+        if t.cost_weight is not None:
+            cfg = cfg.model_copy(update={"cost_weight": t.cost_weight})
+        learners.append(
+            Learner(
+                store,
+                own,
+                fresh(base, cfg),
+                every_n=settings.snapshot_every_n,
+                every_ms=settings.snapshot_every_ms,
+                lease_ttl_ms=settings.lease_ttl_ms,
+                default_reward=settings.default_reward,
+                models=lambda: catalogue,
+                features=features_json(featurizer),
+                pacers=pacers_for(settings, lambda: tenants, own),
+                seed_from=base,
+                prior_weight=t.prior_weight,
+            )
+        )
     await asyncio.gather(refresh(), *(lr.run(stop) for lr in learners))
     await store.close()
 

@@ -10,7 +10,7 @@ and its cost settled against the right budget without a store read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, status
@@ -160,11 +160,12 @@ def _base(name: str) -> str:
     return name.partition("@")[0]
 
 
-def pacer_specs(settings: Settings, rt: Runtime, name: str) -> dict[str, tuple[PacerConfig, float]]:
+def pacer_specs(
+    settings: Settings, tenants: Mapping[str, TenantConfig], name: str
+) -> dict[str, tuple[PacerConfig, float]]:
     """What the learner of policy `name` paces: the policy's own λ, and each tenant
     that shares its state and has a pacer ("P@T", a tenant's own copy, paces only
     that tenant, as its own λ)."""
-    tenants = rt.tenants
     base, _, tenant = name.partition("@")
     policy_cfg = settings.policies[base]
     if tenant:
@@ -184,3 +185,10 @@ def pacer_specs(settings: Settings, rt: Runtime, name: str) -> dict[str, tuple[P
             t.cost_weight if t.cost_weight is not None else policy_cfg.cost_weight,
         )
     return out
+
+
+def pacers_for(
+    settings: Settings, tenants: Callable[[], Mapping[str, TenantConfig]], name: str
+) -> Callable[[], dict[str, tuple[PacerConfig, float]]]:
+    """The learner's `pacers` callable for policy `name`, over the newest tenants."""
+    return lambda: pacer_specs(settings, tenants(), name)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import service.abcli  # noqa: F401  (registers `ab` and `log`)
+import simulator.budget_cli  # noqa: F401  (registers `budgets`)
 import simulator.ope_cli  # noqa: E402,F401  (registers the command)
 from service.cli import app
 from service.runtime import single_threaded_blas

@@ -134,3 +134,16 @@ class Metrics:
             ["policy", "tenant"],
             registry=self.registry,
         )
+        # the mean quality and cost per policy are these over feedback{outcome=accepted}
+        self.quality_sum = Counter(
+            "banditroute_feedback_quality",
+            "Sum of the qualities learned, per policy (over accepted feedback: mean quality)",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.cost_sum = Counter(
+            "banditroute_feedback_cost_usd",
+            "Sum of the costs learned with the qualities, per policy (USD)",
+            ["policy"],
+            registry=self.registry,
+        )

@@ -106,6 +106,8 @@ async def apply_quality(
     if outcome is FeedbackOutcome.ACCEPTED:
         # an attached cost settled already: this settle then changes nothing
         await gate.settle(rt, rec.tenant, event_id, cost)
+        rt.metrics.quality_sum.labels(rec.policy).inc(quality)
+        rt.metrics.cost_sum.labels(rec.policy).inc(cost)
         return Recorded("accepted", quality, cost, estimated)
     if outcome is FeedbackOutcome.PARKED:
         return Recorded("awaiting_cost", quality, None, False)

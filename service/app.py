@@ -27,7 +27,6 @@ from policies import Policy, PolicyError, load_policy
 from service.abreport import collect, cost_scale, guardrail_stops
 from service.batcher import FeatureBatcher, Overloaded
 from service.budgets import registry
-from service.budgets.tenancy import pacers_for
 from service.deps import DocsAuth, _role, require_admin
 from service.embedder import Embedder
 from service.experiments import ExperimentConfig
@@ -36,7 +35,7 @@ from service.gateway.cascade import cascade_prices
 from service.gateway.config import UpstreamConfig
 from service.gateway.service import Gateway
 from service.gateway.upstreams import MissingKey, check_keys
-from service.learner import Learner
+from service.learner_pool import LearnerPool, learner_factories
 from service.metrics import Metrics
 from service.middleware import LimitsAndMetrics
 from service.routes import (
@@ -191,41 +190,22 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         rt.tasks.append(asyncio.create_task(rt.gateway.judge.run(rt.stop), name="judge"))
     batcher.start()
     if settings.run_learner:
-        for name, cfg in settings.policies.items():
-            learner = Learner(
+        # a member of the learner pool: it learns its share of the policies (all of
+        # them while it is alone, as on the in-process store)
+        rt.pool = LearnerPool(
+            st,
+            learner_factories(
+                settings,
                 st,
-                name,
-                functools.partial(_fresh, name, cfg, rt, featurizer.dim),
-                every_n=settings.snapshot_every_n,
-                every_ms=settings.snapshot_every_ms,
-                lease_ttl_ms=settings.lease_ttl_ms,
-                default_reward=settings.default_reward,
+                fresh=lambda n, c: functools.partial(_fresh, n, c, rt, featurizer.dim),
                 models=rt.confirmed_catalogue,
                 features=features_json(featurizer),
-                pacers=pacers_for(settings, lambda: rt.tenants, name),
-            )
-            rt.learners.append(learner)
-            rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{name}"))
-        for own, (base, tenant) in registry.own_state_policies(settings).items():
-            t = settings.tenants[tenant]
-            learner = Learner(
-                st,
-                own,
-                functools.partial(
-                    _fresh, base, _tenant_cfg(settings, base, tenant), rt, featurizer.dim
-                ),
-                every_n=settings.snapshot_every_n,
-                every_ms=settings.snapshot_every_ms,
-                lease_ttl_ms=settings.lease_ttl_ms,
-                default_reward=settings.default_reward,
-                models=rt.confirmed_catalogue,
-                features=features_json(featurizer),
-                pacers=pacers_for(settings, lambda: rt.tenants, own),
-                seed_from=base,
-                prior_weight=t.prior_weight,
-            )
-            rt.learners.append(learner)
-            rt.tasks.append(asyncio.create_task(learner.run(rt.stop), name=f"learner-{own}"))
+                tenants=lambda: rt.tenants,
+            ),
+            lease_ttl_ms=settings.lease_ttl_ms,
+            settle=bool(settings.redis_url),
+        )
+        rt.tasks.append(asyncio.create_task(rt.pool.run(rt.stop), name="learners"))
     rt.tasks.append(asyncio.create_task(_refresh(rt), name="refresh"))
     return rt
 
@@ -387,11 +367,24 @@ async def _refresh(rt: Runtime) -> None:
             await asyncio.wait_for(rt.stop.wait(), timeout=period)
 
 
+# how long the shutdown waits for the background tasks (the learner pool's drain and
+# last publish above all) before it cancels them: a policy whose last snapshot did
+# not make it loses nothing on Redis (its stream keeps what the snapshot lacks)
+SHUTDOWN_WAIT_S = 10.0
+
+
 async def _shutdown(rt: Runtime, *, close_store: bool) -> None:
+    # uvicorn has stopped accepting and drained the requests in flight by now; the
+    # learner pool leaves (the others take its policies at once) and every learner of
+    # it stops taking leases, drains, publishes and releases, all together
     rt.stop.set()
-    for t in rt.tasks:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(t, timeout=10)
+    if rt.tasks:
+        _, pending = await asyncio.wait(rt.tasks, timeout=SHUTDOWN_WAIT_S)
+        for t in pending:
+            log.warning(
+                "shutdown: %s still running after %.0f s; cancelled", t.get_name(), SHUTDOWN_WAIT_S
+            )
+            t.cancel()
     await rt.batcher.stop()
     if rt.gateway is not None:
         await rt.gateway.close()

@@ -199,13 +199,24 @@ def serve(
     )
 
 
+LogJsonOpt = Annotated[
+    bool,
+    typer.Option("--log-json", help="log one JSON object a line (as log_format = \"json\")"),
+]
+
+
 @app.command()
-def learner(config: ConfigOpt = None) -> None:
-    """Run the learners of every configured policy as a standalone process (it
-    competes for each policy's lease, so running it beside the service is safe)."""
+def learner(config: ConfigOpt = None, log_json: LogJsonOpt = False) -> None:
+    """Run a standalone learner process, one member of the learner pool: it learns its
+    share of the policies (the configured ones and tenants' own states), hands a share
+    over when another learner joins and takes over a dead one's. Running several, or
+    beside the service, is safe: each policy's lease admits one learner at a time.
+    SIGTERM stops it gracefully: it leaves the pool, and each of its learners drains
+    the stream, publishes a last snapshot and releases its lease."""
     import asyncio
     import signal
 
+    from service import logs
     from service.runtime import single_threaded_blas
 
     settings = _settings(config)
@@ -214,7 +225,7 @@ def learner(config: ConfigOpt = None) -> None:
             "a standalone learner needs the shared store: set redis_url", param_hint="--config"
         )
     single_threaded_blas()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure("json" if log_json else settings.log_format)
     asyncio.run(_run_learners(settings, signal))
 
 
@@ -224,10 +235,9 @@ async def _run_learners(settings: Any, signal: Any) -> None:
     from policies import Policy
     from service.budgets import registry
     from service.budgets.config import TenantConfig
-    from service.budgets.tenancy import pacers_for
     from service.embedder import Embedder
     from service.features import Featurizer
-    from service.learner import Learner
+    from service.learner_pool import LearnerPool, learner_factories
     from service.serving import build_policy, features_json
     from service.settings import PolicyConfig
     from service.store import open_store
@@ -275,43 +285,19 @@ async def _run_learners(settings: Any, signal: Any) -> None:
         # reads `catalogue` when called: the newest one the refresher has seen
         return lambda: build_policy(n, c, catalogue or configured, dim)
 
-    learners = [
-        Learner(
+    pool = LearnerPool(
+        store,
+        learner_factories(
+            settings,
             store,
-            name,
-            fresh(name, cfg),
-            every_n=settings.snapshot_every_n,
-            every_ms=settings.snapshot_every_ms,
-            lease_ttl_ms=settings.lease_ttl_ms,
-            default_reward=settings.default_reward,
+            fresh=fresh,
             models=lambda: catalogue,
             features=features_json(featurizer),
-            pacers=pacers_for(settings, lambda: tenants, name),
-        )
-        for name, cfg in settings.policies.items()
-    ]
-    for own, (base, tenant) in registry.own_state_policies(settings).items():
-        t = settings.tenants[tenant]
-        cfg = settings.policies[base]
-        if t.cost_weight is not None:
-            cfg = cfg.model_copy(update={"cost_weight": t.cost_weight})
-        learners.append(
-            Learner(
-                store,
-                own,
-                fresh(base, cfg),
-                every_n=settings.snapshot_every_n,
-                every_ms=settings.snapshot_every_ms,
-                lease_ttl_ms=settings.lease_ttl_ms,
-                default_reward=settings.default_reward,
-                models=lambda: catalogue,
-                features=features_json(featurizer),
-                pacers=pacers_for(settings, lambda: tenants, own),
-                seed_from=base,
-                prior_weight=t.prior_weight,
-            )
-        )
-    await asyncio.gather(refresh(), *(lr.run(stop) for lr in learners))
+            tenants=lambda: tenants,
+        ),
+        lease_ttl_ms=settings.lease_ttl_ms,
+    )
+    await asyncio.gather(refresh(), pool.run(stop))
     await store.close()
 
 

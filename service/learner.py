@@ -139,11 +139,23 @@ class Learner:
             if not self.stats.holds_lease:
                 await _sleep_or_stop(stop, self.lease_ttl_ms / 3000)
         if self.stats.holds_lease:
+            # a graceful stop: no new lease is taken (the loop is over), what the
+            # stream holds is applied and published, and the lease is released so a
+            # successor need not wait for it to lapse
             try:
                 await self.drain()
+                # nothing is learned from here on: not holding it any more, whatever
+                # the release's reply (a successor may take it before that comes)
+                self._drop()
                 await self.store.release_lease(self.name, self.owner)
+                log.info(
+                    "learner %s: released the lease at v%d",
+                    self.name,
+                    self.stats.version,
+                    extra={"policy": self.name, "owner": self.owner},
+                )
             except StoreUnavailable:
-                pass
+                self._drop()
 
     async def drain(self) -> None:
         """Apply what the stream still holds and publish it: at a graceful stop the
@@ -249,11 +261,22 @@ class Learner:
             except PolicyError as exc:
                 # e.g. the model was deleted meanwhile: skip the event, never stall
                 self.stats.rejected += 1
-                log.warning("learner %s: event %s skipped: %s", self.name, ev.event_id, exc)
+                log.warning(
+                    "learner %s: event %s skipped: %s",
+                    self.name,
+                    ev.event_id,
+                    exc,
+                    extra={"policy": self.name, "event_id": ev.event_id},
+                )
             except Exception:
                 # one event the policy cannot take must not block the stream for good
                 self.stats.rejected += 1
-                log.exception("learner %s: event %s skipped", self.name, ev.event_id)
+                log.exception(
+                    "learner %s: event %s skipped",
+                    self.name,
+                    ev.event_id,
+                    extra={"policy": self.name, "event_id": ev.event_id},
+                )
             self.stats.last_id = entry_id
             self._dirty += 1
 
@@ -330,6 +353,7 @@ class Learner:
             self.owner,
             self.stats.last_id,
             self.stats.version,
+            extra={"policy": self.name, "owner": self.owner},
         )
 
     def _sync_models(self) -> None:

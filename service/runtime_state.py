@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from service.batcher import FeatureBatcher
 from service.budgets.config import TenantConfig
 from service.experiments import ExperimentConfig
-from service.learner import Learner
+from service.learner_pool import LearnerPool
 from service.metrics import Metrics
 from service.serving import ServingPolicy
 from service.settings import Settings
@@ -28,7 +28,7 @@ class Runtime:
     metrics: Metrics
     policies: dict[str, ServingPolicy]
     catalogue: dict[str, ModelPrice]
-    learners: list[Learner] = field(default_factory=list)
+    pool: LearnerPool | None = None  # this process's share of the learners
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     store_ok: bool = True

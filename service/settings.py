@@ -4,7 +4,7 @@ optional TOML config file, and defaults, in that order of precedence."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     lease_ttl_ms: int = Field(default=5000, ge=100)
     reload_poll_ms: int = Field(default=500, ge=10)
     run_learner: bool = True
+    # "json": one JSON object a log line, with extra fields such as event_id and
+    # policy (service.logs); "text": plain lines
+    log_format: Literal["text", "json"] = "text"
 
     client_keys: list[SecretStr] = Field(default_factory=list)
     admin_key: SecretStr | None = None

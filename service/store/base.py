@@ -590,6 +590,17 @@ class Store(ABC):
     @abstractmethod
     async def release_lease(self, policy: str, owner: str) -> None: ...
 
+    # ---- learner pool membership (service.learner_pool) ----------------------
+    @abstractmethod
+    async def heartbeat(self, group: str, member: str, ttl_ms: int) -> list[str]:
+        """Mark `member` of the learner group `group` alive for ttl_ms from now (the
+        store's clock, so the members' clocks need not agree), forget the members whose
+        time ran out, and return the live members, sorted, in one atomic step."""
+
+    @abstractmethod
+    async def leave(self, group: str, member: str) -> None:
+        """Forget `member` at once (a graceful stop), rather than after its ttl."""
+
     # ---- model catalogue ---------------------------------------------------
     @abstractmethod
     async def get_models(self) -> dict[str, ModelPrice]: ...

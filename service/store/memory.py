@@ -164,6 +164,8 @@ class MemoryStore(Store):
         self._flags: dict[str, tuple[frozenset[str], float]] = {}
         self._flags_mark = 1024
         self._models: dict[str, str] = {}  # name -> JSON, as Redis keeps it
+        # learner group -> member -> monotonic expiry (heartbeat)
+        self._groups: dict[str, dict[str, float]] = {}
         if state_dir is not None and (state_dir / _MODELS_FILE).is_file():
             # models registered through the API survive a restart, like Redis keeps them
             self._models = json.loads((state_dir / _MODELS_FILE).read_text())
@@ -540,6 +542,19 @@ class MemoryStore(Store):
         st = self._policy(policy)
         if self._holder(st) == owner:
             st.lease = None
+
+    async def heartbeat(self, group: str, member: str, ttl_ms: int) -> list[str]:
+        if not member or ttl_ms <= 0:
+            raise ValueError(f"heartbeat needs a member and ttl_ms > 0, got {member!r}, {ttl_ms}")
+        now = time.monotonic()
+        members = self._groups.setdefault(group, {})
+        for m in [m for m, until in members.items() if until <= now]:
+            del members[m]
+        members[member] = now + ttl_ms / 1000
+        return sorted(members)
+
+    async def leave(self, group: str, member: str) -> None:
+        self._groups.get(group, {}).pop(member, None)
 
     # ---- model catalogue ---------------------------------------------------
     async def get_models(self) -> dict[str, ModelPrice]:

@@ -36,6 +36,8 @@ Cluster keeps a policy on one shard and every script touches one slot):
     <prefix>:{<policy>}:s:<session>  hash: e (event_id), m (model), n (turns taken),
                                       t (turns in all), ttl (ms): a session pin, expiring
                                       ttl after its last turn
+    <prefix>:{<group>}:members        sorted set: a learner pool's live members
+                                      scored by expiry (Redis ms; heartbeat)
     <prefix>:models                   hash: model name -> ModelPrice as JSON
     <prefix>:experiments              hash: experiment name -> its config as JSON
 
@@ -1036,6 +1038,39 @@ return redis.call('HGET', KEYS[3], 'version')
     @_reachable
     async def release_lease(self, policy: str, owner: str) -> None:
         await self._lua().release(keys=[self._k(policy).lease], args=[owner])
+
+    # ---- learner pool membership ------------------------------------------
+    # KEYS: the group's sorted set (member -> expiry, Redis ms). ARGV: member, ttl_ms.
+    # The server's clock scores every member alike; the set itself expires once no
+    # member has beaten for its longest ttl, so an abandoned group leaves nothing.
+    _HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+    def _group_key(self, group: str) -> str:
+        return f"{self.prefix}:{{{check_policy_name(group)}}}:members"
+
+    @_reachable
+    async def heartbeat(self, group: str, member: str, ttl_ms: int) -> list[str]:
+        if not member or ttl_ms <= 0:
+            raise ValueError(f"heartbeat needs a member and ttl_ms > 0, got {member!r}, {ttl_ms}")
+        # EVAL, not EVALSHA: a few hundred bytes every third of a lease, and nothing
+        # to re-load after a Redis restart
+        found = await cast(
+            Awaitable[list[bytes]],
+            self._redis().eval(self._HEARTBEAT, 1, self._group_key(group), member, ttl_ms),
+        )
+        return sorted(_text(m) for m in found)
+
+    @_reachable
+    async def leave(self, group: str, member: str) -> None:
+        await self._redis().zrem(self._group_key(group), member)
 
     # ---- model catalogue ---------------------------------------------------
     @_reachable

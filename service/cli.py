@@ -138,6 +138,18 @@ def serve(
             help="serve a non-loopback --host without API keys (every caller is admin)",
         ),
     ] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option("--log-json", help='log one JSON object a line (as log_format = "json")'),
+    ] = False,
+    graceful_timeout: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="seconds SIGTERM waits for requests in flight before closing them; the "
+            "learners then publish their last snapshots and release their leases",
+        ),
+    ] = 30,
 ) -> None:
     """Run the HTTP service (uvicorn). Without a Redis URL it runs on the in-process
     store, with its learner in the same process (one worker only). A start-up problem
@@ -188,6 +200,12 @@ def serve(
         _fail("serve", problem, code=1 if problem.startswith("redis_url") else 2)
     if config is not None:
         os.environ[CONFIG_ENV] = str(config.resolve())
+    from service import logs
+
+    fmt = "json" if log_json else settings.log_format
+    extra: dict[str, Any] = {}
+    if fmt == "json":
+        extra["log_config"] = logs.uvicorn_config("json", log_level)
     uvicorn.run(
         "service.asgi:app",
         factory=True,
@@ -196,6 +214,8 @@ def serve(
         workers=workers,
         log_level=log_level,
         timeout_keep_alive=keep_alive,
+        timeout_graceful_shutdown=graceful_timeout,
+        **extra,
     )
 
 
@@ -333,3 +353,182 @@ def models(config: ConfigOpt = None) -> None:
     for m in asyncio.run(fetch()).values():
         table.add_row(m.name, f"{m.input_per_m:g}", f"{m.output_per_m:g}")
     Console().print(table)
+
+
+admin_app = typer.Typer(
+    name="admin",
+    help="Operate on a deployment's store: snapshot export and import, replay.",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app, name="admin")
+
+PolicyOpt = Annotated[str, typer.Option("--policy", "-p", help="the policy's name")]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait", min=0, help="seconds to wait for the policy's lease while a learner holds it"
+    ),
+]
+
+
+async def _admin_store(settings: Any) -> Any:
+    from service.store import open_store
+
+    return await open_store(
+        settings.redis_url,
+        settings.state_dir,
+        prefix=settings.key_prefix,
+        log_max=settings.decision_log_max,
+        grace_s=settings.decision_grace_s,
+    )
+
+
+def _admin(command: str, work: Callable[[Any], Any], config: Path | None) -> Any:
+    """Run `work(store)` on the configured store; a known failure is one line and
+    exit status 1."""
+    import asyncio
+
+    from service.admin import AdminError
+    from service.store.base import StoreUnavailable
+
+    settings = _settings(config)
+
+    async def main() -> Any:
+        store = await _admin_store(settings)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except (AdminError, StoreUnavailable, OSError, ValueError) as exc:
+        _fail(f"admin {command}", str(exc), code=1)
+
+
+@admin_app.command("snapshot-export")
+def snapshot_export(
+    policy: PolicyOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="file to write")],
+    config: ConfigOpt = None,
+) -> None:
+    """Write a policy's published snapshot (state bytes and metadata) to a file: a
+    backup, or a move to another deployment (snapshot-import)."""
+    from service.admin import export_snapshot
+
+    snap = _admin("snapshot-export", lambda st: export_snapshot(st, policy, out), config)
+    typer.echo(
+        f"policy {policy}: v{snap.version}, {snap.applied} events applied, "
+        f"{len(snap.state)} state bytes -> {out}"
+    )
+
+
+@admin_app.command("snapshot-import")
+def snapshot_import(
+    policy: PolicyOpt,
+    src: Annotated[
+        Path, typer.Option("--in", "-i", exists=True, dir_okay=False, help="file to read")
+    ],
+    config: ConfigOpt = None,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Publish a snapshot file as a policy's next version, under its lease (a running
+    learner of the policy must stop first, or be waited for with --wait)."""
+    from service.admin import import_snapshot
+
+    settings = _settings(config)
+    snap = _admin(
+        "snapshot-import",
+        lambda st: import_snapshot(
+            st, policy, src, lease_ttl_ms=settings.lease_ttl_ms, wait_s=wait
+        ),
+        config,
+    )
+    typer.echo(f"policy {policy}: published v{snap.version} from {src} at {snap.last_id}")
+
+
+@admin_app.command("replay")
+def replay_log(
+    policy: PolicyOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", dir_okay=False, help="write the rebuilt state to this file"),
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="publish it as the policy's next version")
+    ] = False,
+    config: ConfigOpt = None,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Rebuild a policy from its decision log (every answered decision the log keeps,
+    oldest first, through a fresh policy of its configuration), into a snapshot file
+    and/or published under the policy's lease."""
+    if out is None and not publish:
+        _fail("admin replay", "give --out FILE, --publish, or both")
+    settings = _settings(config)
+
+    async def work(store: Any) -> Any:
+        from service.admin import encode_snapshot, publish_as_admin, replay
+
+        fresh, catalogue, features = await _replay_fresh(settings, store, policy)
+        res = await replay(store, policy, fresh, catalogue, features=features)
+        if out is not None:
+            out.write_bytes(encode_snapshot(policy, res.snapshot, source="replay"))
+        if publish:
+            res.snapshot = await publish_as_admin(
+                store, policy, res.snapshot, lease_ttl_ms=settings.lease_ttl_ms, wait_s=wait
+            )
+        return res
+
+    res = _admin("replay", work, config)
+    where = [str(out)] if out is not None else []
+    if publish:
+        where.append(f"published v{res.snapshot.version}")
+    typer.echo(
+        f"policy {policy}: {res.replayed} events replayed, {res.skipped} skipped, "
+        f"position {res.snapshot.last_id} -> {', '.join(where)}"
+    )
+
+
+async def _replay_fresh(settings: Any, store: Any, policy: str) -> tuple[Any, Any, str]:
+    """What a replay of `policy` starts from: its learner's cold start (a tenant's own
+    state: its policy's current snapshot, discounted), the catalogue, the features."""
+    from policies import load_policy
+    from service.admin import AdminError
+    from service.budgets import registry
+    from service.embedder import Embedder
+    from service.features import Featurizer
+    from service.serving import build_policy, features_json
+
+    featurizer = Featurizer(
+        Embedder(backend=settings.embed_backend, onnx_dir=settings.embed_onnx_dir),
+        projection_dim=settings.projection_dim,
+    )
+    catalogue = await store.get_models() or {m.name: m.price() for m in settings.models}
+    own = registry.own_state_policies(settings)
+    if policy in settings.policies:
+        cfg = settings.policies[policy]
+        return (
+            lambda: build_policy(policy, cfg, catalogue, featurizer.dim),
+            catalogue,
+            features_json(featurizer),
+        )
+    if policy not in own:
+        raise AdminError(f"policy {policy!r} is not configured (nor a tenant's own state)")
+    base, tenant = own[policy]
+    t = settings.tenants[tenant]
+    cfg = settings.policies[base]
+    if t.cost_weight is not None:
+        cfg = cfg.model_copy(update={"cost_weight": t.cost_weight})
+    prior = await store.load_snapshot(base)
+
+    def fresh() -> Any:
+        built = build_policy(base, cfg, catalogue, featurizer.dim)
+        if prior is None:
+            return built
+        seeded = load_policy(prior.state)
+        seeded.discount(t.prior_weight)
+        seeded.cost_weight = built.cost_weight
+        return seeded
+
+    return fresh, catalogue, features_json(featurizer)

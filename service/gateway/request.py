@@ -46,12 +46,15 @@ class ChatCompletionRequest(BaseModel):
 
     @property
     def max_output_tokens(self) -> int | None:
-        """The answer's token bound, if the body sets one (for a capped reservation)."""
+        """The answer's token bound, if the body sets one (for a capped reservation):
+        the per-choice bound times `n`, as the usage counts every choice's tokens."""
         extra = self.model_extra or {}
+        n = extra.get("n")
+        choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
         for key in ("max_completion_tokens", "max_tokens"):
             v = extra.get(key)
             if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
+                return v * choices
         return None
 
 

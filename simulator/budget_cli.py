@@ -7,6 +7,7 @@ this module; the heavy imports wait until the command runs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,8 +75,12 @@ def budgets(
         str, typer.Option(help="fixed λ grid of the hindsight frontier")
     ] = "0,0.02,0.05,0.1,0.15,0.2,0.3,0.5,1,3",
     step: Annotated[
-        float, typer.Option(min=0.0, help="the pacer's step (PacerConfig.step)")
-    ] = 0.02,
+        str,
+        typer.Option(
+            help="the pacer's step (PacerConfig.step); several: one report each, the "
+            "mid-stream changes with the first only"
+        ),
+    ] = "0.02",
     start_lam: Annotated[float, typer.Option(min=0.0, help="λ the pacer starts from")] = 0.2,
     change_fraction: Annotated[
         float,
@@ -114,47 +119,70 @@ def budgets(
 
     fr = _floats(fractions, "--fractions")
     grid = _floats(lams, "--lams")
+    steps = _floats(step, "--step")
     if not fr or any(not 0 < f for f in fr):
         raise typer.BadParameter("give positive fractions", param_hint="--fractions")
     if not grid or any(v < 0 for v in grid):
         raise typer.BadParameter("give λ values >= 0", param_hint="--lams")
-    if step <= 0:
-        raise typer.BadParameter("the step must be > 0", param_hint="--step")
+    if not steps or any(v <= 0 for v in steps):
+        raise typer.BadParameter("give steps > 0", param_hint="--step")
     console = Console()
     rd, X = _sampled_contexts(data, limit, sample, projection_dim, cache_dir)
     scale = cost_scale_of(rd)
     changes = 3 if change_fraction > 0 else 0
     bar = progress_bar(
-        budget_steps(len(rd), len(fr), len(grid), changes, seeds), "budgets: replaying"
+        budget_steps(len(rd), len(fr) * len(steps), len(grid), changes, seeds),
+        "budgets: replaying",
     )
-    run = run_budgets(
-        rd,
-        X,
-        cost_scale=scale,
-        fractions=fr,
-        lams=grid,
-        seeds=seeds,
-        step=step,
-        start_lam=start_lam,
-        change_fraction=change_fraction or None,
-        feedback=FeedbackSpec(delay=delay, batch=batch),
-        progress=bar.update,
-        jobs=jobs or default_jobs(),
-    )
+    common: dict[str, Any] = {
+        "cost_scale": scale,
+        "seeds": seeds,
+        "start_lam": start_lam,
+        "feedback": FeedbackSpec(delay=delay, batch=batch),
+        "progress": bar.update,
+        "jobs": jobs or default_jobs(),
+    }
+    # the fixed-λ grid does not depend on the step: replayed once, shared by every step
+    fixed = run_budgets(rd, X, fractions=(), lams=grid, change_fraction=None, **common).fixed
+    runs = []
+    for k, v in enumerate(steps):
+        # the mid-stream changes with the first step only: later steps are compared on
+        # the targets alone (their changes would double the run)
+        run = run_budgets(
+            rd,
+            X,
+            fractions=fr,
+            lams=(),
+            step=v,
+            change_fraction=(change_fraction or None) if k == 0 else None,
+            **common,
+        )
+        runs.append(replace(run, fixed=fixed))
     bar.close()
-    report = write_budget_report(
-        run,
-        out,
-        f"Budgets on {rd.name}: {len(rd)} prompts"
-        + (f" (a seeded sample of {sample})" if sample else "")
-        + f", {len(rd.models)} models, "
-        f"projection {projection_dim or 384}, feedback delay {delay}, batch {batch}",
-        prefix or rd.name,
-        img_dir,
-    )
+    for k, run in enumerate(runs):
+        # the first step's report in OUT, the others' beside it in OUT/step-<step>
+        where = out if k == 0 else out / f"step-{run.step:g}"
+        name = (prefix or rd.name) + ("" if k == 0 else f"-step-{run.step:g}")
+        report = write_budget_report(
+            run,
+            where,
+            f"Budgets on {rd.name}: {len(rd)} prompts"
+            + (f" (a seeded sample of {sample})" if sample else "")
+            + f", {len(rd.models)} models, projection {projection_dim or 384}, pacer step "
+            f"{run.step:g}, feedback delay {delay}, batch {batch}",
+            name,
+            img_dir,
+        )
+        _print(console, run, seeds)
+        console.print(f"report: {report}")
+
+
+def _print(console: Console, run: Any, seeds: int) -> None:
+    from simulator.budgets import summarise_change
+
     table = Table(
-        title=f"{rd.name}: paced spend after warm-up (queries {run.warmup} on) vs target, "
-        f"{seeds} seeds, step {step:g} (mean ± 95% CI); targets: % of {run.best}'s "
+        title=f"{run.name}: paced spend after warm-up (queries {run.warmup} on) vs target, "
+        f"{seeds} seeds, step {run.step:g} (mean ± 95% CI); targets: % of {run.best}'s "
         f"{1000 * run.best_cost:.4f} USD / 1k"
     )
     for col in (
@@ -182,36 +210,34 @@ def budgets(
             "met" if c.quality_met else "missed",
         )
     console.print(table)
-    if run.changes:
-        from simulator.budgets import summarise_change
-
-        ch = Table(title=f"mid-stream changes, paced to {100 * run.change_fraction:g}%")
-        for col in (
-            "change",
-            "model",
-            "spend before",
-            "first 1k after",
-            "after",
-            "quality before",
-            "after",
-            "share before",
-            "after",
-            "recovery",
-        ):
-            ch.add_column(col, justify="right")
-        for name in run.changes:
-            s = summarise_change(run, name)
-            ch.add_row(
-                s.name,
-                s.model,
-                str(s.spend_before),
-                str(s.spend_first_1k),
-                str(s.spend_after),
-                str(s.quality_before),
-                str(s.quality_after),
-                str(s.share_before),
-                str(s.share_after),
-                str(s.recovery) if s.recovery is not None else "never",
-            )
-        console.print(ch)
-    console.print(f"report: {report}")
+    if not run.changes:
+        return
+    ch = Table(title=f"mid-stream changes, paced to {100 * run.change_fraction:g}%")
+    for col in (
+        "change",
+        "model",
+        "spend before",
+        "first 1k after",
+        "after",
+        "quality before",
+        "after",
+        "share before",
+        "after",
+        "recovery",
+    ):
+        ch.add_column(col, justify="right")
+    for name in run.changes:
+        s = summarise_change(run, name)
+        ch.add_row(
+            s.name,
+            s.model,
+            str(s.spend_before),
+            str(s.spend_first_1k),
+            str(s.spend_after),
+            str(s.quality_before),
+            str(s.quality_after),
+            str(s.share_before),
+            str(s.share_after),
+            str(s.recovery) if s.recovery is not None else "never",
+        )
+    console.print(ch)

@@ -55,7 +55,8 @@ def plot_spend(run: BudgetRun, path: Path, window: int = WINDOW) -> None:
     ax.set_ylabel(f"spend, trailing {window} queries (USD / 1k)")
     ax.set_title(
         f"{run.name}: paced hybrid (step {run.step:g}), mean of {run.seeds} seeds; "
-        f"targets: % of {run.best}'s cost"
+        f"targets: % of {run.best}'s cost",
+        fontsize=9,
     )
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
@@ -101,7 +102,9 @@ def plot_change(run: BudgetRun, name: str, path: Path, window: int = WINDOW) -> 
             ax.axvline(switch, color="black", ls=":", lw=0.8)
     bottom.set_xlabel("queries")
     bottom.legend(fontsize=8, loc="upper left")
-    top.set_title(f"{run.name}: {name} ({model}) at query {switch}, mean of {len(runs)} seeds")
+    top.set_title(
+        f"{run.name}: {name} ({model}) at query {switch}, mean of {len(runs)} seeds", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -224,6 +224,8 @@ def test_budgets_command_smoke(tmp_path: Path) -> None:
             "1",
             "--prefix",
             "syn",
+            "--step",
+            "0.02,0.005",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -233,6 +235,10 @@ def test_budgets_command_smoke(tmp_path: Path) -> None:
     assert {c["name"] for c in figures["changes"]} == {"price-cut", "quality-drop", "new-model"}
     for name in ("spend", "price-cut", "quality-drop", "new-model"):
         assert (out / f"syn-budget-{name}.png").stat().st_size > 0
+    # a second step: its own report beside the first, on the same fixed-λ grid
+    other = json.loads((out / "step-0.005" / "budgets.json").read_text())
+    assert other["step"] == 0.005 and other["fixed"] == figures["fixed"]
+    assert other["changes"] == []
 
 
 def test_budgets_command_rejects_a_bad_grid(tmp_path: Path) -> None:

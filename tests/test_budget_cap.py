@@ -217,3 +217,37 @@ def test_the_reserved_output_bound_counts_every_choice() -> None:
     assert bound(max_completion_tokens=50, max_tokens=100, n=2) == 100
     assert bound(n=3) is None
     assert bound(max_tokens=100, n=True) == 100
+
+
+@pytest.mark.slow
+def test_an_upstream_refusal_releases_its_reservation(
+    tmp_path: Path, embedder: Embedder, up: Upstream
+) -> None:
+    """A 4xx from the upstream generated nothing: its hold is released at once, not
+    left to block the cap until its timeout."""
+    up.reset()
+    up.script([{"status": 400}])
+    upstream = UpstreamConfig(base_url=up.url)
+    settings = make_settings(
+        tmp_path,
+        redis_url=REDIS_URL,
+        models=[ModelConfig(name="small", input_per_m=1.0, output_per_m=1.0, upstream=upstream)],
+        policies={"default": PolicyConfig(kind="random")},
+        tenants={TENANT: TenantConfig(cap=CapConfig(usd=1.0))},
+    )
+    try:
+        with serve_app(create_app(settings, embedder=embedder)) as w:
+            body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+            r = httpx.post(
+                f"{w.base}/v1/chat/completions",
+                json=body,
+                headers={"x-banditroute-tenant": TENANT},
+                timeout=30,
+            )
+            assert r.status_code == 400, r.text
+            state = httpx.get(f"{w.url}/tenants/{TENANT}", timeout=10).json()["cap"]
+    finally:
+        drop_prefix(settings.key_prefix)
+    assert state["open_reservations"] == 0
+    assert state["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
+    assert state["spent_usd"] == 0.0

@@ -17,7 +17,8 @@ import httpx
 from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from service.budgets.tenancy import request_tenant, tenant_candidates
+from service.budgets import gate
+from service.budgets.tenancy import request_tenant, tenant_candidates, tenant_of_event
 from service.embedder import text_from_messages
 from service.gateway.cascade import as_stream
 from service.gateway.cascade import run as run_cascade
@@ -402,15 +403,29 @@ async def _pinned(
 async def _record_failure(rt: Runtime, gw: Gateway, routed: Routed) -> None:
     """The failed call is its decision's outcome: error_quality at cost 0 (nothing
     was generated), so the policy learns that this model fails here."""
-    if routed.record is None or gw.cfg.error_quality is None:
+    if routed.record is None:
         return
     event_id = routed.record.event_id
+    if gw.cfg.error_quality is None:
+        await _release(rt, event_id)
+        return
     try:
         # the cost first: a streaming decision awaits one, and would park the quality
         await apply_cost(rt, event_id, 0.0)
         await apply_quality(rt, event_id, gw.cfg.error_quality, source="upstream_error")
     except StoreUnavailable:
         log.warning("failed call of %s not recorded: the store is unreachable", event_id)
+
+
+async def _release(rt: Runtime, event_id: str | None) -> None:
+    """Free a capped tenant's reservation for a call that cost nothing (else it would
+    hold the budget until its timeout)."""
+    if event_id is None:
+        return
+    try:
+        await gate.release(rt, tenant_of_event(event_id), event_id)
+    except StoreUnavailable:
+        log.warning("reservation of %s not released: the store is unreachable", event_id)
 
 
 async def _open(rt: Runtime, up: Upstream, req: ChatCompletionRequest) -> Opened | Failure:
@@ -503,6 +518,7 @@ async def _answer(
         # the upstream refused the request itself (a 4xx): the client's to fix, not the
         # model's fault, so nothing is learned
         m.upstream_calls.labels(serving.model, "4xx").inc()
+        await _release(rt, serving.event_id)  # nothing was generated: nothing to charge
         return Response(
             resp.content,
             status_code=resp.status_code,

@@ -35,7 +35,7 @@ from service.gateway.cascade import cascade_prices
 from service.gateway.config import UpstreamConfig
 from service.gateway.service import Gateway
 from service.gateway.upstreams import MissingKey, check_keys
-from service.learner_pool import LearnerPool, learner_factories
+from service.learner_pool import LearnerPool, learner_factories, pool_connections
 from service.metrics import Metrics
 from service.middleware import LimitsAndMetrics
 from service.routes import (
@@ -127,6 +127,7 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         log_max=settings.decision_log_max,
         grace_s=settings.decision_grace_s,
         max_decisions=settings.decision_max_in_memory,
+        max_connections=pool_connections(settings) if settings.run_learner else 64,
     )
     emb = embedder or Embedder(
         cache_size=settings.embed_cache_size,

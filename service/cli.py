@@ -257,7 +257,7 @@ async def _run_learners(settings: Any, signal: Any) -> None:
     from service.budgets.config import TenantConfig
     from service.embedder import Embedder
     from service.features import Featurizer
-    from service.learner_pool import LearnerPool, learner_factories
+    from service.learner_pool import LearnerPool, learner_factories, pool_connections
     from service.serving import build_policy, features_json
     from service.settings import PolicyConfig
     from service.store import open_store
@@ -271,6 +271,7 @@ async def _run_learners(settings: Any, signal: Any) -> None:
         prefix=settings.key_prefix,
         log_max=settings.decision_log_max,
         grace_s=settings.decision_grace_s,
+        max_connections=pool_connections(settings),
     )
     # the workers' backend: the features the learner publishes must be theirs
     embedder = Embedder(backend=settings.embed_backend, onnx_dir=settings.embed_onnx_dir)

@@ -46,6 +46,14 @@ log = logging.getLogger("banditroute.learner.pool")
 LearnerFactory = Callable[[str], Learner]
 
 
+def pool_connections(settings: Settings, base: int = 64) -> int:
+    """The Redis connection pool a process that runs the learners needs: each learner
+    waits on its stream with a blocking read that holds a connection, and a member
+    alone (or the last one left) learns every policy, so one per policy beside the
+    `base` the rest of the process uses."""
+    return base + len(settings.policies) + len(registry.own_state_policies(settings))
+
+
 def learner_factories(
     settings: Settings,
     store: Store,

@@ -39,13 +39,21 @@ async def open_store(
     grace_s: float = 3600.0,
     log_max: int = 100_000,
     max_decisions: int = 500_000,
+    max_connections: int = 64,
 ) -> Store:
     """The configured store: RedisStore for a URL (state_dir unused: Redis keeps the
     snapshots), else (None or "") a MemoryStore persisting snapshots under state_dir
-    if given (at most max_decisions decision records per policy). A Redis that is
-    down is not an error here; see RedisStore.connect."""
+    if given (at most max_decisions decision records per policy). max_connections:
+    the Redis client's pool (a learner's blocking read holds one while it waits). A
+    Redis that is down is not an error here; see RedisStore.connect."""
     if not redis_url:
         return MemoryStore(
             state_dir, grace_s=grace_s, log_max=log_max, max_decisions=max_decisions
         )
-    return await RedisStore.connect(redis_url, prefix=prefix, grace_s=grace_s, log_max=log_max)
+    return await RedisStore.connect(
+        redis_url,
+        prefix=prefix,
+        grace_s=grace_s,
+        log_max=log_max,
+        max_connections=max_connections,
+    )

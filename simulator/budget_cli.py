@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -77,8 +77,8 @@ def budgets(
     step: Annotated[
         str,
         typer.Option(
-            help="the pacer's step (PacerConfig.step); several: one report each, the "
-            "mid-stream changes with the first only"
+            help="the pacer's step (PacerConfig.step), 'log:<step>' for a step on log λ "
+            "(scale log); several: one report each, the mid-stream changes with the first only"
         ),
     ] = "0.02",
     start_lam: Annotated[float, typer.Option(min=0.0, help="λ the pacer starts from")] = 0.2,
@@ -119,12 +119,12 @@ def budgets(
 
     fr = _floats(fractions, "--fractions")
     grid = _floats(lams, "--lams")
-    steps = _floats(step, "--step")
+    steps = _steps(step)
     if not fr or any(not 0 < f for f in fr):
         raise typer.BadParameter("give positive fractions", param_hint="--fractions")
     if not grid or any(v < 0 for v in grid):
         raise typer.BadParameter("give λ values >= 0", param_hint="--lams")
-    if not steps or any(v <= 0 for v in steps):
+    if not steps or any(v <= 0 for _, v in steps):
         raise typer.BadParameter("give steps > 0", param_hint="--step")
     console = Console()
     rd, X = _sampled_contexts(data, limit, sample, projection_dim, cache_dir)
@@ -145,7 +145,7 @@ def budgets(
     # the fixed-λ grid does not depend on the step: replayed once, shared by every step
     fixed = run_budgets(rd, X, fractions=(), lams=grid, change_fraction=None, **common).fixed
     runs = []
-    for k, v in enumerate(steps):
+    for k, (sc, v) in enumerate(steps):
         # the mid-stream changes with the first step only: later steps are compared on
         # the targets alone (their changes would double the run)
         run = run_budgets(
@@ -154,6 +154,7 @@ def budgets(
             fractions=fr,
             lams=(),
             step=v,
+            scale=sc,
             change_fraction=(change_fraction or None) if k == 0 else None,
             **common,
         )
@@ -161,15 +162,16 @@ def budgets(
     bar.close()
     for k, run in enumerate(runs):
         # the first step's report in OUT, the others' beside it in OUT/step-<step>
-        where = out if k == 0 else out / f"step-{run.step:g}"
-        name = (prefix or rd.name) + ("" if k == 0 else f"-step-{run.step:g}")
+        tag = run.label.replace(":", "-")
+        where = out if k == 0 else out / f"step-{tag}"
+        name = (prefix or rd.name) + ("" if k == 0 else f"-step-{tag}")
         report = write_budget_report(
             run,
             where,
             f"Budgets on {rd.name}: {len(rd)} prompts"
             + (f" (a seeded sample of {sample})" if sample else "")
             + f", {len(rd.models)} models, projection {projection_dim or 384}, pacer step "
-            f"{run.step:g}, feedback delay {delay}, batch {batch}",
+            f"{run.label}, feedback delay {delay}, batch {batch}",
             name,
             img_dir,
         )
@@ -182,7 +184,7 @@ def _print(console: Console, run: Any, seeds: int) -> None:
 
     table = Table(
         title=f"{run.name}: paced spend after warm-up (queries {run.warmup} on) vs target, "
-        f"{seeds} seeds, step {run.step:g} (mean ± 95% CI); targets: % of {run.best}'s "
+        f"{seeds} seeds, step {run.label} (mean ± 95% CI); targets: % of {run.best}'s "
         f"{1000 * run.best_cost:.4f} USD / 1k"
     )
     for col in (
@@ -241,3 +243,19 @@ def _print(console: Console, run: Any, seeds: int) -> None:
             str(s.recovery) if s.recovery is not None else "never",
         )
     console.print(ch)
+
+
+def _steps(raw: str) -> list[tuple[Literal["linear", "log"], float]]:
+    """--step values: "0.02" (on λ) or "log:0.05" (on log λ)."""
+    out: list[tuple[Literal["linear", "log"], float]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        scale, _, value = part.rpartition(":")
+        if scale not in ("", "log"):
+            raise typer.BadParameter(f"{part!r}: a step is N or log:N", param_hint="--step")
+        try:
+            out.append(("log" if scale else "linear", float(value)))
+        except ValueError:
+            raise typer.BadParameter(f"{part!r} is not a number", param_hint="--step") from None
+    return out

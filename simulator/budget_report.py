@@ -54,7 +54,7 @@ def plot_spend(run: BudgetRun, path: Path, window: int = WINDOW) -> None:
     ax.set_xlabel("queries")
     ax.set_ylabel(f"spend, trailing {window} queries (USD / 1k)")
     ax.set_title(
-        f"{run.name}: paced hybrid (step {run.step:g}), mean of {run.seeds} seeds; "
+        f"{run.name}: paced hybrid (step {run.label}), mean of {run.seeds} seeds; "
         f"targets: % of {run.best}'s cost",
         fontsize=9,
     )
@@ -182,7 +182,7 @@ def write_budget_report(
         f"# {title}",
         "",
         f"Best single model: {run.best}, {1000 * run.best_cost:.4f} USD / 1k queries. "
-        f"Pacer step {run.step:g}; {run.seeds} seeds; after warm-up = queries "
+        f"Pacer step {run.label}; {run.seeds} seeds; after warm-up = queries "
         f"{run.warmup} on. Mean ± 95% interval over seeds.",
         "",
         "## Compliance",
@@ -234,6 +234,7 @@ def write_budget_report(
         "best": run.best,
         "best_usd_per_1k": 1000 * run.best_cost,
         "step": run.step,
+        "scale": run.scale,
         "seeds": run.seeds,
         "warmup": run.warmup,
         "compliance": [_compliance_row(c) for c in comp],

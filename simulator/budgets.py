@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from policies import Policy
-from service.budgets.pacer import Pacer, PacerTarget
+from service.budgets.pacer import Pacer, PacerTarget, Scale
 from simulator import metrics
 from simulator.data import RoutingData
 from simulator.feedback import FeedbackChannel, FeedbackSpec, Outcome
@@ -187,6 +187,7 @@ class BudgetTask:
     change: Change = field(default_factory=Change)
     feedback: FeedbackSpec | None = None
     overrides: dict[str, float] | None = None
+    scale: Scale = "linear"
 
 
 def budget_task(
@@ -198,7 +199,10 @@ def budget_task(
     pacer = None
     if task.target_usd_per_1k is not None:
         pacer = Pacer(
-            PacerTarget("usd_per_1k", task.target_usd_per_1k), lam=task.lam, step=task.step
+            PacerTarget("usd_per_1k", task.target_usd_per_1k),
+            lam=task.lam,
+            step=task.step,
+            scale=task.scale,
         )
     stream = task.change.stream(data, seeded_order(len(data), task.seed))
     return replay_paced(
@@ -284,6 +288,12 @@ class BudgetRun:
     change_fraction: float
     change_model: dict[str, str]
     warmup: int
+    scale: Scale = "linear"
+
+    @property
+    def label(self) -> str:
+        """The pacer's step as the CLI takes it: "0.02", or "log:0.05" on log λ."""
+        return f"{self.step:g}" if self.scale == "linear" else f"log:{self.step:g}"
 
     def target(self, fraction: float) -> float:
         """USD per 1,000 queries."""
@@ -454,6 +464,7 @@ def run_budgets(
     lams: Sequence[float] = DEFAULT_LAMS,
     seeds: int = 3,
     step: float = 0.02,
+    scale: Scale = "linear",
     start_lam: float = START_LAM,
     change_fraction: float | None = 0.25,
     changes: Sequence[str] | None = None,
@@ -476,7 +487,11 @@ def run_budgets(
         tgt = 1000.0 * f * best_cost
         for s in range(seeds):
             tasks.append(
-                ("paced", f, BudgetTask(s, start_lam, cost_scale, tgt, step, feedback=feedback))
+                (
+                    "paced",
+                    f,
+                    BudgetTask(s, start_lam, cost_scale, tgt, step, feedback=feedback, scale=scale),
+                )
             )
     for lam in lams:
         for s in range(seeds):
@@ -486,7 +501,11 @@ def run_budgets(
         tgt = 1000.0 * change_fraction * best_cost
         for s in range(seeds):
             tasks.append(
-                ("change", name, BudgetTask(s, start_lam, cost_scale, tgt, step, change, feedback))
+                (
+                    "change",
+                    name,
+                    BudgetTask(s, start_lam, cost_scale, tgt, step, change, feedback, scale=scale),
+                )
             )
     results = run_tasks(
         budget_task, [t for _, _, t in tasks], data, contexts, jobs=jobs, progress=progress
@@ -514,4 +533,5 @@ def run_budgets(
         change_fraction=change_fraction or 0.0,
         change_model={k: m for k, (m, _) in chosen.items()},
         warmup=warmup_of(n),
+        scale=scale,
     )

@@ -145,3 +145,35 @@ def test_config_makes_its_pacer() -> None:
     assert pacer.target == PacerTarget("usd_per_day", 50.0)
     assert (pacer.lam, pacer.step, pacer.lam_max) == (0.7, 0.1, 4.0)
     assert PacerConfig(usd_per_1k=1.0, lam_start=2.0).make(0.7).lam == 2.0
+
+
+@pytest.mark.parametrize("lam_star", [0.03, 0.3, 3.0])
+def test_log_scale_reaches_small_and_large_lambda_star_alike(lam_star: float) -> None:
+    """On log λ one step size serves a λ* of 0.03 and one of 3: spend(λ) = c0·exp(-λ/λ*)
+    makes the target's λ exactly λ* · ln(c0 / b)."""
+    c0, target = 0.01, 2.0
+    b = target / 1000
+    want = lam_star * math.log(c0 / b)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        pacer = Pacer(PacerTarget("usd_per_1k", target), step=0.02, scale="log", lam=0.2)
+        lams, spend0, n0 = [], 0.0, 0
+        for i in range(30_000):
+            if i == 10_000:
+                spend0, n0 = pacer.spend, pacer.n
+            noise = rng.lognormal(-0.5 * 0.8**2, 0.8)
+            pacer.observe(c0 * math.exp(-pacer.lam / lam_star) * noise, "m", float(i))
+            lams.append(pacer.lam)
+        assert abs(math.log(float(np.mean(lams[-5_000:])) / want)) < 0.05, (seed, want)
+        per_1k = (pacer.spend - spend0) / (pacer.n - n0) * 1000
+        assert abs(per_1k / target - 1) < 0.02, (seed, per_1k)
+
+
+def test_log_scale_keeps_lambda_above_its_floor() -> None:
+    pacer = Pacer(PacerTarget("usd_per_1k", 1.0), scale="log", lam=0.0)
+    assert pacer.lam == pytest.approx(1e-3)
+    for i in range(2_000):
+        pacer.observe(0.0, "m", float(i))  # always under: λ falls, never to 0
+    assert pacer.lam == pytest.approx(1e-3)
+    pacer.observe(0.01, "m", 2_001.0)  # ten times over: it climbs at once
+    assert pacer.lam > 1e-3

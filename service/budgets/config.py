@@ -36,6 +36,8 @@ class PacerConfig(BaseModel):
     lam_max: float = Field(default=20.0, gt=0, le=1000, allow_inf_nan=False)
     lam_start: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     horizon_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    # "linear": step on λ; "log": step on log λ (pacer module doc)
+    scale: Literal["linear", "log"] = "linear"
 
     @model_validator(mode="after")
     def _one_target(self) -> PacerConfig:
@@ -74,6 +76,7 @@ class PacerConfig(BaseModel):
             lam_min=self.lam_min,
             lam_max=self.lam_max,
             horizon_s=self.horizon_s,
+            scale=self.scale,
         )
 
 

@@ -13,6 +13,12 @@ average converges to the target whatever the spend-vs-λ curve is, and a price c
 a traffic change moves λ until spend is back on target. Dividing by b makes `step`
 free of units: it is the λ moved by one request that costs twice the target.
 
+With `scale="log"` the same step is taken on log λ (λ <- λ·exp(step·(c - b)/b), a
+multiplicative dual update): moves proportional to λ, so one step size suits a λ* of
+0.03 and one of 3 alike, and a small λ* is approached without the hard stop at 0 where
+an additive step's clipped moves are underspend never paid back. λ then lives in
+[max(lam_min, LOG_FLOOR), lam_max].
+
 A rate target (USD per hour or per day) becomes a per-request one through the request
 rate, estimated from the observed calls' timestamps (an exponentially weighted count
 over `horizon_s`). Pure logic, no I/O: the learner owns one per paced policy or
@@ -26,6 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 TargetKind = Literal["usd_per_1k", "usd_per_hour", "usd_per_day", "share"]
+Scale = Literal["linear", "log"]
+# the smallest λ of a log-scale pacer: a thousandth of a quality point per priciest call
+LOG_FLOOR = 1e-3
 _SECONDS = {"usd_per_hour": 3600.0, "usd_per_day": 86400.0}
 
 
@@ -49,7 +58,8 @@ class PacerTarget:
 class Pacer:
     """λ for one policy or tenant, from the stream of its calls' costs.
 
-    step: λ moved per request whose metric is twice the target (see the module doc).
+    step: λ moved per request whose metric is twice the target (see the module doc);
+    with scale "log", log λ moved.
     lam_min / lam_max: λ's range; lam_max bounds how hard the pacer may lean on cost.
     horizon_s: the request-rate estimate's memory, for rate targets.
     """
@@ -63,7 +73,12 @@ class Pacer:
         lam_min: float = 0.0,
         lam_max: float = 20.0,
         horizon_s: float = 3600.0,
+        scale: Scale = "linear",
     ) -> None:
+        if scale not in ("linear", "log"):
+            raise ValueError(f"scale must be 'linear' or 'log', got {scale!r}")
+        if scale == "log":
+            lam_min = max(lam_min, LOG_FLOOR)
         if not 0 <= lam_min <= lam_max or not math.isfinite(lam_max):
             raise ValueError(f"need 0 <= lam_min <= lam_max, got {lam_min}, {lam_max}")
         if not step > 0 or not math.isfinite(step):
@@ -75,6 +90,7 @@ class Pacer:
         self.lam_min = lam_min
         self.lam_max = lam_max
         self.horizon_s = horizon_s
+        self.scale = scale
         self.lam = min(max(lam, lam_min), lam_max)
         self.n = 0  # calls observed
         self.spend = 0.0  # USD over those calls
@@ -98,7 +114,9 @@ class Pacer:
         b = self.per_call_target()
         if b is None:
             return self.lam
-        self.lam = min(max(self.lam + self.step * (metric - b) / b, self.lam_min), self.lam_max)
+        move = self.step * (metric - b) / b
+        lam = self.lam * math.exp(min(move, 50.0)) if self.scale == "log" else self.lam + move
+        self.lam = min(max(lam, self.lam_min), self.lam_max)
         return self.lam
 
     def per_call_target(self) -> float | None:

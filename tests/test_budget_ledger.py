@@ -22,13 +22,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
-import redis
 from redis.crc import key_slot
 
 from service.budgets.config import CapConfig
 from service.budgets.ledger import EPS_USD, BudgetState, Ledger
 from service.store import MemoryStore, RedisStore, Store, StoreUnavailable
-from tests.service_helpers import redis_up
+from tests.service_helpers import drop_prefix, require_redis, scan_keys, sync_client
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 RUN_ID = uuid.uuid4().hex[:8]
@@ -42,15 +41,16 @@ Body = Callable[[Ledger], Awaitable[None]]
 class Backend:
     """A fresh store of one kind per run (inside that run's event loop)."""
 
-    def __init__(self, kind: str, tmp_path: Path) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, tmp_path: Path, url: str = SHARED_URL) -> None:
+        self.kind = kind  # "memory", "redis" or "cluster"
         self.tmp_path = tmp_path
+        self.url = url
         self.prefix = f"brtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
 
     def make(self) -> Store:
         if self.kind == "memory":
             return MemoryStore(self.tmp_path / "state")
-        return RedisStore(SHARED_URL, prefix=self.prefix)
+        return RedisStore(self.url, prefix=self.prefix)
 
     def run(self, body: Body) -> None:
         async def main() -> None:
@@ -64,35 +64,30 @@ class Backend:
         asyncio.run(main())
 
     def keys(self) -> list[str]:
-        with redis.Redis.from_url(SHARED_URL) as r:
-            return sorted(k.decode() for k in r.scan_iter(match=f"{self.prefix}:*"))
+        with sync_client(self.url) as r:
+            return sorted(k.decode() for k in scan_keys(r, f"{self.prefix}:*"))
 
     def cleanup(self) -> None:
-        if self.kind == "redis":
-            with redis.Redis.from_url(SHARED_URL) as r:
-                keys = list(r.scan_iter(match=f"{self.prefix}:*", count=500))
-                if keys:
-                    r.delete(*keys)
+        if self.kind != "memory":
+            drop_prefix(self.prefix, self.url)
 
 
 def _backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
-    if kind == "redis" and not redis_up(SHARED_URL):
-        pytest.skip(f"no Redis answering at {SHARED_URL}")
-    b = Backend(kind, tmp_path)
+    b = Backend(kind, tmp_path, SHARED_URL if kind == "memory" else require_redis(kind))
     try:
         yield b
     finally:
         b.cleanup()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from _backend(str(request.param), tmp_path)
 
 
-@pytest.fixture
-def redis_backend(tmp_path: Path) -> Iterator[Backend]:
-    yield from _backend("redis", tmp_path)
+@pytest.fixture(params=["redis", "cluster"])
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _backend(str(request.param), tmp_path)
 
 
 # ---- the contract ------------------------------------------------------------------
@@ -286,7 +281,7 @@ def test_redis_keys_share_one_slot_and_expire_on_their_own(redis_backend: Backen
     base = f"{redis_backend.prefix}:budget:{{t:acme}}"
     assert {f"{base}:bal", f"{base}:res", f"{base}:exp", f"{base}:done:s0"} <= set(keys)
     assert len({key_slot(k.encode()) for k in keys}) == 1
-    with redis.Redis.from_url(SHARED_URL) as r:
+    with sync_client(redis_backend.url) as r:
         ttl = {k: r.pttl(k) for k in keys}
         assert r.hlen(f"{base}:bal") <= 15
     assert all(t > 0 for t in ttl.values())
@@ -314,9 +309,11 @@ def test_redis_unreachable_raises_store_unavailable() -> None:
     asyncio.run(main())
 
 
-async def _race(prefix: str, seed: int, rounds: int, tasks: int) -> tuple[int, int, float]:
+async def _race(
+    prefix: str, seed: int, rounds: int, tasks: int, url: str = SHARED_URL
+) -> tuple[int, int, float]:
     """Reserve-and-settle cycles from `tasks` coroutines; (ok, refused, USD settled)."""
-    store = RedisStore(SHARED_URL, prefix=prefix)
+    store = RedisStore(url, prefix=prefix)
     led = store.ledger()
     rng = random.Random(seed)
     ok = refused = 0
@@ -343,9 +340,11 @@ async def _race(prefix: str, seed: int, rounds: int, tasks: int) -> tuple[int, i
     return ok, refused, settled
 
 
-def _racer(prefix: str, seed: int, go: multiprocessing.synchronize.Event, out: Connection) -> None:
+def _racer(
+    prefix: str, url: str, seed: int, go: multiprocessing.synchronize.Event, out: Connection
+) -> None:
     go.wait(10)
-    out.send(asyncio.run(_race(prefix, seed, rounds=25, tasks=16)))
+    out.send(asyncio.run(_race(prefix, seed, rounds=25, tasks=16, url=url)))
 
 
 def test_concurrent_reservations_from_two_workers_never_overspend_a_cap(
@@ -355,7 +354,7 @@ def test_concurrent_reservations_from_two_workers_never_overspend_a_cap(
     go = ctx.Event()
     pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
     procs = [
-        ctx.Process(target=_racer, args=(redis_backend.prefix, seed, go, send))
+        ctx.Process(target=_racer, args=(redis_backend.prefix, redis_backend.url, seed, go, send))
         for seed, (_, send) in enumerate(pipes)
     ]
     for p in procs:
@@ -383,9 +382,9 @@ def test_concurrent_reservations_from_two_workers_never_overspend_a_cap(
     assert (s.reserved, s.open_reservations) == (0, 0)
 
 
-def _dier(prefix: str, cap: CapConfig, out: Connection) -> None:
+def _dier(prefix: str, url: str, cap: CapConfig, out: Connection) -> None:
     async def main() -> None:
-        store = RedisStore(SHARED_URL, prefix=prefix)
+        store = RedisStore(url, prefix=prefix)
         now = time.time()
         r = await store.ledger().reserve("acme", "dying", cap.usd, cap, now)
         out.send((r.ok, now))
@@ -400,7 +399,7 @@ def test_a_killed_workers_reservation_is_released_after_its_timeout(
     cap = CapConfig(usd=1.0, window="day", reservation_ttl_s=1.5)
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_dier, args=(redis_backend.prefix, cap, send))
+    proc = ctx.Process(target=_dier, args=(redis_backend.prefix, redis_backend.url, cap, send))
     proc.start()
     try:
         assert recv.poll(10)

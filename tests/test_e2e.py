@@ -1,5 +1,6 @@
-"""End to end with real processes on the shared Redis: `banditroute serve --workers 2`
-beside a standalone `banditroute learner`, which is SIGKILLed mid-stream and replaced.
+"""End to end with real processes on the shared Redis, and on the shared 3-master Redis
+Cluster: `banditroute serve --workers 2` beside a standalone `banditroute learner`,
+which is SIGKILLed mid-stream and replaced.
 
 Every accepted feedback must be applied exactly once (none lost with the dead learner,
 none applied twice by its successor), and the learned state must survive a restart of
@@ -17,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.process_helpers import Procs, free_port, service_config
+from tests.service_helpers import drop_prefix, require_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POLICY = "default"
@@ -78,27 +79,21 @@ def wait_status(base: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, 
     return status
 
 
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+@pytest.fixture(params=["redis", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(store URL, key prefix of this run): one Redis, or the Redis Cluster."""
+    url = require_redis(str(request.param))
     prefix = f"bre2e-{uuid.uuid4().hex[:10]}"
     try:
-        yield prefix
+        yield url, prefix
     finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-        client.close()
+        drop_prefix(prefix, url)
 
 
 @pytest.fixture
-def procs(tmp_path: Path, redis_prefix: str) -> Iterator[Procs]:
+def procs(tmp_path: Path, redis_target: tuple[str, str]) -> Iterator[Procs]:
     p = Procs(tmp_path)
-    p.env["BANDITROUTE_KEY_PREFIX"] = redis_prefix
+    p.env["BANDITROUTE_KEY_PREFIX"] = redis_target[1]
     p.env["BANDITROUTE_STATE_DIR"] = str(tmp_path / "state")
     try:
         yield p
@@ -158,10 +153,10 @@ async def traffic(base: str, on_threshold: Callable[[], Awaitable[None]]) -> lis
 
 @pytest.mark.slow
 def test_learner_killed_mid_stream_applies_every_feedback_once(
-    tmp_path: Path, procs: Procs
+    tmp_path: Path, procs: Procs, redis_target: tuple[str, str]
 ) -> None:
     config = tmp_path / "banditroute.toml"
-    config.write_text(service_config(REDIS_URL))
+    config.write_text(service_config(redis_target[0]))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve_args = ("serve", "--config", str(config), "--port", str(port), "--workers", "2")

@@ -22,7 +22,6 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
@@ -43,7 +42,14 @@ from service.store import (
     RedisStore,
     Store,
 )
-from tests.service_helpers import REDIS_URL, drop_prefix, make_settings, redis_up
+from tests.service_helpers import (
+    REDIS_URL,
+    drop_prefix,
+    make_settings,
+    require_redis,
+    scan_keys,
+    sync_client,
+)
 
 POLICY = "alpha"
 Body = Callable[[Store], Awaitable[None]]
@@ -52,8 +58,9 @@ Body = Callable[[Store], Awaitable[None]]
 class Backend:
     """Opens a fresh store of one kind inside the test's event loop, runs a body."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, url: str = REDIS_URL) -> None:
+        self.kind = kind  # "memory", "redis" or "cluster"
+        self.url = url
         self.prefix = f"brtest-split-{uuid.uuid4().hex[:10]}"
 
     def run(self, body: Body) -> None:
@@ -67,28 +74,26 @@ class Backend:
         asyncio.run(main())
 
     def redis(self) -> RedisStore:
-        return RedisStore(REDIS_URL, prefix=self.prefix)
+        return RedisStore(self.url, prefix=self.prefix)
 
 
 def _backend(kind: str) -> Iterator[Backend]:
-    if kind == "redis" and not redis_up():
-        pytest.fail(f"no Redis answers at {REDIS_URL}; CI starts one")
-    b = Backend(kind)
+    b = Backend(kind, REDIS_URL if kind == "memory" else require_redis(kind))
     try:
         yield b
     finally:
-        if b.kind == "redis":
-            drop_prefix(b.prefix)
+        if b.kind != "memory":
+            drop_prefix(b.prefix, b.url)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield from _backend(str(request.param))
 
 
-@pytest.fixture
-def redis_backend() -> Iterator[Backend]:
-    yield from _backend("redis")
+@pytest.fixture(params=["redis", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield from _backend(str(request.param))
 
 
 def record(
@@ -542,8 +547,8 @@ def test_a_redis_pin_lives_under_the_policy_hash_tag(redis_backend: Backend) -> 
         await store.pin_session(POLICY, "s{x}", "e1", "mid", 3, 60)
 
     backend.run(body)
-    with redis.Redis.from_url(REDIS_URL) as r:
-        keys = [k.decode() for k in r.scan_iter(match=f"{backend.prefix}:*")]
+    with sync_client(backend.url) as r:
+        keys = [k.decode() for k in scan_keys(r, f"{backend.prefix}:*")]
         assert keys == [f"{backend.prefix}:{{{POLICY}}}:s:s{{x}}"]
         assert key_slot(keys[0].encode()) == key_slot(f"{{{POLICY}}}".encode())
         assert 59_000 < r.pttl(keys[0]) <= 60_000

@@ -1,7 +1,9 @@
-"""One contract suite run against every store: MemoryStore and RedisStore.
+"""One contract suite run against every store: MemoryStore and RedisStore, the
+latter on one Redis and on a Redis Cluster.
 
 The tests are synchronous and run their coroutines with `asyncio.run` (no
-pytest-asyncio). RedisStore uses the shared server on 127.0.0.1:6379 under a key
+pytest-asyncio). RedisStore uses the shared server on 127.0.0.1:6379, or the shared
+3-master cluster on 127.0.0.1:7101-7103 (`deploy/redis-cluster.sh`), under a key
 prefix unique to each test, deleted afterwards; the outage test starts a private
 redis-server of its own and never touches the shared one.
 """
@@ -39,7 +41,7 @@ from service.store import (
 )
 from service.store.base import parse_stream_id
 from service.store.redis import _min_id_after
-from tests.service_helpers import redis_up
+from tests.service_helpers import drop_prefix, require_redis, scan_keys, sync_client
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 RUN_ID = uuid.uuid4().hex[:8]
@@ -52,15 +54,16 @@ Body = Callable[[Store], Awaitable[None]]
 class Backend:
     """Opens a fresh store of one kind inside the test's event loop, runs a body."""
 
-    def __init__(self, kind: str, tmp_path: Path) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, tmp_path: Path, url: str = SHARED_URL) -> None:
+        self.kind = kind  # "memory", "redis" or "cluster"
         self.tmp_path = tmp_path
+        self.url = url
         self.prefix = f"brtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
 
     def make(self) -> Store:
         if self.kind == "memory":
             return MemoryStore(self.tmp_path / "state")
-        return RedisStore(SHARED_URL, prefix=self.prefix)
+        return RedisStore(self.url, prefix=self.prefix)
 
     def run(self, body: Body) -> None:
         async def main() -> None:
@@ -73,35 +76,31 @@ class Backend:
         asyncio.run(main())
 
     def keys(self) -> list[str]:
-        with redis.Redis.from_url(SHARED_URL) as r:
-            return sorted(k.decode() for k in r.scan_iter(match=f"{self.prefix}:*"))
+        with sync_client(self.url) as r:
+            return sorted(k.decode() for k in scan_keys(r, f"{self.prefix}:*"))
 
     def cleanup(self) -> None:
-        if self.kind == "redis":
-            with redis.Redis.from_url(SHARED_URL) as r:
-                keys = list(r.scan_iter(match=f"{self.prefix}:*", count=500))
-                if keys:
-                    r.delete(*keys)
+        if self.kind != "memory":
+            drop_prefix(self.prefix, self.url)
 
 
 def _backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
-    if kind == "redis" and not redis_up(SHARED_URL):
-        pytest.skip(f"no Redis answering at {SHARED_URL}")
-    b = Backend(kind, tmp_path)
+    url = SHARED_URL if kind == "memory" else require_redis(kind)
+    b = Backend(kind, tmp_path, url)
     try:
         yield b
     finally:
         b.cleanup()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from _backend(str(request.param), tmp_path)
 
 
-@pytest.fixture
-def redis_backend(tmp_path: Path) -> Iterator[Backend]:
-    yield from _backend("redis", tmp_path)
+@pytest.fixture(params=["redis", "cluster"])
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _backend(str(request.param), tmp_path)
 
 
 # ---- helpers -----------------------------------------------------------------
@@ -470,6 +469,104 @@ def test_redis_keys_share_the_policy_slot(redis_backend: Backend) -> None:
     assert others == [f"{backend.prefix}:models"]
 
 
+def test_atomic_steps_beside_the_feedback_path(backend: Backend) -> None:
+    """The store's other multi-command steps (one MULTI on one Redis, one script on a
+    cluster) leave the same state everywhere: copies with shadow counters, shadow
+    decisions, session flags, experiment counters and their deletion across
+    policies, tenant tombstones."""
+
+    async def body(store: Store) -> None:
+        now = time.time()
+        ev = event(record("a", now), now)
+        await store.append_feedback("beta", ev, {"n": 1.0, "sq": 0.25})
+        await store.append_feedback("beta", ev)
+        assert [e.event_id for _, e in await stream(store, "beta")] == ["a", "a"]
+        assert await store.feedback_total("beta") == 2
+        await store.count_shadow_decision("beta", True, 0.0)
+        await store.count_shadow_decision("beta", False, 0.5)
+        counts = await store.shadow_counts("beta")
+        assert {k: counts[k] for k in ("n", "sq", "decisions", "agree", "unsupported")} == {
+            "n": 1.0,
+            "sq": 0.25,
+            "decisions": 2.0,
+            "agree": 1.0,
+            "unsupported": 0.5,
+        }
+        await store.flag_session("s1", ["email"], 60)
+        await store.flag_session("s1", ["iban"], 60)
+        assert await store.session_flags("s1") == {"email", "iban"}
+        assert await store.session_flags("s2") == set()
+
+        await store.put_experiment("exp1", '{"name": "exp1"}')
+        for policy in (POLICY, "beta"):
+            rec = dataclasses.replace(record(f"x-{policy}", now, policy=policy), unit="u1")
+            await store.put_decision(rec)
+            assert await store.submit_feedback(policy, rec.event_id, event(rec, now), now) == (
+                FeedbackOutcome.ACCEPTED
+            )
+            counters, units = await store.experiment_counts(policy, "exp1", "B")
+            assert (counters["decisions"], counters["n"], units) == (1.0, 1.0, 1)
+        assert await store.delete_experiment("exp1", [(POLICY, "B"), ("beta", "B")])
+        assert not await store.delete_experiment("exp1", [(POLICY, "B"), ("beta", "B")])
+        assert await store.get_experiments() == {}
+        for policy in (POLICY, "beta"):
+            assert await store.experiment_counts(policy, "exp1", "B") == ({}, 0)
+
+        await store.put_tenant("acme", '{"name": "acme"}')
+        assert await store.get_tenants() == {"acme": '{"name": "acme"}'}
+        assert await store.delete_tenant("acme")
+        assert not await store.delete_tenant("acme")
+        assert await store.get_tenants(include_deleted=True) == {"acme": ""}
+
+    backend.run(body)
+
+
+def test_cluster_keeps_each_policy_on_one_node_and_spreads_policies(tmp_path: Path) -> None:
+    """On the 3-master cluster: every key of a policy is served by the node of its
+    slot, and a dozen policies (the learner's whole loop on each) land on more than
+    one node."""
+    policies = [f"p{i}" for i in range(12)]
+
+    async def body(store: Store) -> None:
+        now = time.time()
+        for policy in policies:
+            rec = record("a", now, policy=policy)
+            assert await store.put_decision(rec) == 0
+            assert await store.submit_feedback(policy, "a", event(rec, now), now) == (
+                FeedbackOutcome.ACCEPTED
+            )
+            assert await store.acquire_lease(policy, "me", 10_000)
+            assert await store.publish_snapshot(policy, snap(1), "me")
+            assert (await store.load_snapshot(policy)) == snap(1)
+            assert len(await store.read_feedback(policy, "0-0", 10)) == 1
+
+    gen = _backend("cluster", tmp_path)
+    backend = next(gen)
+    try:
+        backend.run(body)
+        keys = backend.keys()
+        for policy in policies:
+            mine = [k for k in keys if f"{{{policy}}}" in k]
+            assert len(mine) >= 6, mine
+            assert len({key_slot(k.encode()) for k in mine}) == 1
+        # where the keys really are: each primary's own keys, read from that node
+        held: dict[str, set[str]] = {}  # policy -> the nodes holding some of its keys
+        with sync_client(backend.url) as r:
+            for node in r.get_primaries():  # type: ignore[attr-defined]
+                with redis.Redis(host=node.host, port=node.port) as one:
+                    for k in one.scan_iter(match=f"{backend.prefix}:*", count=1000):
+                        name = k.decode()
+                        if "{" not in name:
+                            continue
+                        policy = name.split("{", 1)[1].split("}", 1)[0]
+                        held.setdefault(policy, set()).add(node.name)
+        assert set(held) >= set(policies), held
+        assert all(len(held[p]) == 1 for p in policies), held
+        assert len({n for p in policies for n in held[p]}) > 1, held
+    finally:
+        next(gen, None)
+
+
 def test_memory_snapshot_survives_restart(tmp_path: Path) -> None:
     async def body() -> None:
         first = MemoryStore(tmp_path)
@@ -532,7 +629,12 @@ def test_open_store(tmp_path: Path) -> None:
         assert isinstance(mem, MemoryStore) and mem.state_dir == tmp_path
         red = await open_store(SHARED_URL, None, prefix=f"brtest-{RUN_ID}")
         assert isinstance(red, RedisStore) and red.prefix == f"brtest-{RUN_ID}"
+        assert not red.cluster
         await red.close()
+        # the scheme alone selects the cluster client
+        clu = await open_store(require_redis("cluster"), None, prefix=f"brtest-{RUN_ID}")
+        assert isinstance(clu, RedisStore) and clu.cluster and await clu.ping()
+        await clu.close()
         await mem.close()
 
     asyncio.run(body())
@@ -683,7 +785,7 @@ def test_memory_decision_log_keeps_the_newest_and_outlives_publishing() -> None:
 def _store(backend: Backend, **kw: float) -> Store:
     if backend.kind == "memory":
         return MemoryStore(backend.tmp_path / "state", **kw)  # type: ignore[arg-type]
-    return RedisStore(SHARED_URL, prefix=backend.prefix, **kw)
+    return RedisStore(backend.url, prefix=backend.prefix, **kw)
 
 
 def _run(backend: Backend, body: Body, **kw: float) -> None:
@@ -703,7 +805,7 @@ def _raw_decision(backend: Backend, store: Store, event_id: str) -> tuple[set[st
         d = store._policies[POLICY].decisions[event_id]
         names = set() if d.fields is None else set(d.fields)
         return names | {"answered"}, d.expire_at
-    with redis.Redis.from_url(SHARED_URL) as r:
+    with sync_client(backend.url) as r:
         key = f"{backend.prefix}:{{{POLICY}}}:d:{event_id}"
         names = {k.decode() for k in r.hkeys(key)}
         ms = r.pexpiretime(key)

@@ -46,6 +46,14 @@ Every error meaning "Redis cannot be reached" becomes `StoreUnavailable` (see
 retries a timeout, so an outage is reported within about `socket_timeout` and the
 pool reconnects by itself when Redis is back. The scripts are EVALSHA'd through
 redis-py's Script objects, which re-load them after a restart flushed the cache.
+
+On a Redis Cluster (a `redis+cluster://` or `rediss+cluster://` URL naming any one
+node) the same keys go through redis-py's cluster client. That client refuses scripts
+inside a pipeline and runs a MULTI through a thread per queued command, so there each
+MULTI here is one script instead (`_LuaMulti`: as atomic, and refused by the client
+unless its keys share one slot), and the few batches that reach several policies'
+slots (the sweep's closes, the copies to other policies, deleting an experiment) are
+separate calls, each atomic within its own slot.
 """
 
 from __future__ import annotations
@@ -63,8 +71,10 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from service.budgets.ledger_redis import RedisLedger
 from service.store.base import (
@@ -167,13 +177,29 @@ T = TypeVar("T")
 # BusyLoadingError: Redis is up but still loading its data set; ReadOnlyError: we
 # reached a replica (failover in progress). Both mean "not usable now", like a
 # refused connection; every other Redis error is a bug and propagates as is.
+# ClusterDownError, SlotNotCoveredError: a cluster that has lost a shard or is
+# re-forming, not usable now either.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     rex.ConnectionError,
     rex.BusyLoadingError,
     rex.TimeoutError,
     rex.ReadOnlyError,
+    rex.ClusterDownError,
+    rex.SlotNotCoveredError,
     OSError,
 )
+
+_MAYBE_UNREACHABLE: tuple[type[BaseException], ...] = (*_UNREACHABLE, rex.RedisClusterException)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means "Redis cannot be reached". The cluster client reports
+    finding no node that answers as a RedisClusterException caused by the connection
+    error, and its own misuse (keys of two slots) as one without a cause."""
+    if isinstance(exc, _UNREACHABLE):
+        return True
+    return isinstance(exc, rex.RedisClusterException) and isinstance(exc.__cause__, _UNREACHABLE)
+
 
 # The decision hash's `answered`: "0" open, "1" answered (its event appended), "2"
 # closed by the sweep, "3" parked: its quality taken (pq: the event's meta, pqq its
@@ -230,22 +256,36 @@ return 1
 """
 )
 
-# KEYS: counters, unit totals. ARGV: unit ("" anonymous), unit_ttl_ms.
-# abstats.unit_decision: a decision's share of the variant's per-unit sums.
-_DECIDE = (
+# KEYS: decision, due, snapshot meta, counters, distinct units, unit totals.
+# ARGV: the record's expiry (unix ms), its deadline, its event id, its unit ("" none),
+# "1" anonymous else "0", unit_ttl_ms, then the hash's fields and values.
+# put_decision of an experiment's decision in one script rather than a MULTI around
+# a script: the cluster client refuses the latter. The decision's share of its
+# variant's per-unit sums is abstats.unit_decision. Returns the snapshot version.
+_PUT_EXPERIMENT_DECISION = (
     _LIB_LUA
     + """
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[4], 'decisions', 1)
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[4], 'anon', 1)
+else
+  redis.call('PFADD', KEYS[5], ARGV[4])
+end
+local unit = ARGV[4]
 local d, n, q, c = nil, 0, 0, 0
-if ARGV[1] ~= '' then d, n, q, c = unit_get(KEYS[2], ARGV[1]) end
+if unit ~= '' then d, n, q, c = unit_get(KEYS[6], unit) end
 if not d then
   d, n, q, c = 0, 0, 0, 0
-  redis.call('HINCRBY', KEYS[1], 'u_units', 1)
+  redis.call('HINCRBY', KEYS[4], 'u_units', 1)
 end
-incf(KEYS[1], 'u_d', 1)
-incf(KEYS[1], 'u_dd', 2 * d + 1)
-incf(KEYS[1], 'u_dn', n)
-if ARGV[1] ~= '' then unit_put(KEYS[2], ARGV[1], ARGV[2], d + 1, n, q, c) end
-return 1
+incf(KEYS[4], 'u_d', 1)
+incf(KEYS[4], 'u_dd', 2 * d + 1)
+incf(KEYS[4], 'u_dn', n)
+if unit ~= '' then unit_put(KEYS[6], unit, ARGV[6], d + 1, n, q, c) end
+return redis.call('HGET', KEYS[3], 'version')
 """
 )
 
@@ -343,6 +383,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: every key the commands touch (for the cluster client to route by and to check
+# that they share one slot). ARGV: each command as its argument count, then its name
+# and arguments. Runs them in order, atomically like a MULTI; returns their replies.
+_MULTI = """
+local out, i = {}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return out
+"""
+
 _OUTCOMES = {
     1: FeedbackOutcome.ACCEPTED,
     2: FeedbackOutcome.DUPLICATE,
@@ -399,7 +452,9 @@ def _reachable(
             self._next_probe = now + PROBE_EVERY_S
         try:
             result = await fn(self, *args, **kwargs)
-        except _UNREACHABLE as exc:
+        except _MAYBE_UNREACHABLE as exc:
+            if not _unreachable(exc):
+                raise
             if await self._outage(exc):
                 self._mark_down()
             raise StoreUnavailable(
@@ -419,13 +474,123 @@ class _Scripts:
         self.submit = client.register_script(_SUBMIT)
         self.attach = client.register_script(_ATTACH)
         self.session_turn = client.register_script(_SESSION_TURN)
-        self.decide = client.register_script(_DECIDE)
+        self.put_experiment_decision = client.register_script(_PUT_EXPERIMENT_DECISION)
+        self.multi = client.register_script(_MULTI)
         self.close = client.register_script(_CLOSE)
         self.publish = client.register_script(_PUBLISH)
         self.acquire = client.register_script(_ACQUIRE)
         self.release = client.register_script(_RELEASE)
         self.forward = client.register_script(_FORWARD)
         self.delete_model = client.register_script(_DELETE_MODEL)
+
+
+class _QueueingCluster(RedisCluster):
+    """The cluster client queueing like the single-node pool: at most `limit` commands
+    at once, the others waiting up to `wait_s` for one to finish, where the plain
+    client fails a command at once when its node's connections are all in use."""
+
+    def __init__(self, *args: Any, limit: int, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_flight = asyncio.Semaphore(limit)
+        self._wait_s = wait_s
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            # learn the slots before sending: commands that find the client not yet
+            # initialized and go on concurrently can be sent on connections its
+            # initialization is closing (redis-py 8.1)
+            await self.initialize()
+        if self._in_flight.locked():
+            try:
+                await asyncio.wait_for(self._in_flight.acquire(), self._wait_s)
+            except TimeoutError:
+                # the single-node pool's words, which _outage reads as load
+                raise rex.MaxConnectionsError("No connection available.") from None
+        else:
+            await self._in_flight.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._in_flight.release()
+
+
+class _LuaMulti:
+    """A MULTI for the cluster client, which has none worth using: the same commands
+    queued the same way (the subset this store sends), run as one `_MULTI` script on
+    the node of their slot. Replies are Lua's: the callers here use only those of
+    GET, HGET, PFCOUNT and HGETALL (made a dict, as redis-py's pipeline makes it)."""
+
+    def __init__(self, script: AsyncScript) -> None:
+        self._script = script
+        self._keys: list[str] = []
+        self._argv: list[Any] = []
+        self._as_dict: list[bool] = []
+
+    async def __aenter__(self) -> _LuaMulti:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def _add(self, name: str, key: str, *args: Any, as_dict: bool = False) -> None:
+        if key not in self._keys:
+            self._keys.append(key)
+        self._argv += [len(args) + 2, name, key, *args]
+        self._as_dict.append(as_dict)
+
+    def hset(
+        self,
+        key: str,
+        field: str | None = None,
+        value: Any = None,
+        *,
+        mapping: dict[Any, Any] | None = None,
+    ) -> None:
+        pairs = [] if field is None else [field, value]
+        pairs += [v for kv in (mapping or {}).items() for v in kv]
+        self._add("HSET", key, *pairs)
+
+    def hget(self, key: str, field: str) -> None:
+        self._add("HGET", key, field)
+
+    def hgetall(self, key: str) -> None:
+        self._add("HGETALL", key, as_dict=True)
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self._add("HINCRBY", key, field, amount)
+
+    def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
+        self._add("HINCRBYFLOAT", key, field, repr(float(amount)))
+
+    def xadd(self, key: str, fields: dict[Any, Any]) -> None:
+        self._add("XADD", key, "*", *(v for kv in fields.items() for v in kv))
+
+    def incr(self, key: str) -> None:
+        self._add("INCR", key)
+
+    def get(self, key: str) -> None:
+        self._add("GET", key)
+
+    def delete(self, key: str) -> None:
+        self._add("DEL", key)
+
+    def pexpire(self, key: str, ms: int) -> None:
+        self._add("PEXPIRE", key, ms)
+
+    def sadd(self, key: str, *members: Any) -> None:
+        self._add("SADD", key, *members)
+
+    def pfcount(self, key: str) -> None:
+        self._add("PFCOUNT", key)
+
+    async def execute(self) -> list[Any]:
+        if not self._argv:
+            return []
+        replies = await self._script(keys=self._keys, args=self._argv)
+        return [
+            dict(zip(r[::2], r[1::2], strict=True)) if as_dict else r
+            for r, as_dict in zip(replies, self._as_dict, strict=True)
+        ]
 
 
 class _Keys:
@@ -463,14 +628,17 @@ class _Keys:
 class RedisStore(Store):
     """The store on Redis (redis.asyncio; hiredis parses replies when installed).
 
-    url: redis:// or rediss:// or unix:// URL (password in the URL, never logged).
+    url: redis:// or rediss:// or unix:// URL (password in the URL, never logged);
+    redis+cluster:// or rediss+cluster:// for a Redis Cluster, naming any one of its
+    nodes (the client finds the others).
     prefix: first part of every key, so several deployments can share one Redis.
     grace_s: how long past its deadline a decision is kept, so a late second
     feedback is still a duplicate (409) rather than unknown (404).
     socket_timeout: seconds to connect, to wait for a reply, or to wait for a free
     pooled connection before reporting the store unavailable.
     max_connections: the pool's size; more concurrent calls queue for a connection
-    (redis-py's default pool would fail them instead).
+    (redis-py's default pool would fail them instead). On a cluster: per node, and a
+    call beyond it fails as unavailable (the cluster client has no blocking pool).
     log_max: about how many events each policy's decision log keeps.
 
     The client is built on first use, inside the running event loop. Each unit's own
@@ -507,11 +675,16 @@ class RedisStore(Store):
         self.socket_timeout = socket_timeout
         self.max_connections = max_connections
         self.where = _redact(url)
+        scheme, sep, rest = url.partition("://")
+        self.cluster = scheme.endswith("+cluster")
+        # what redis-py parses: the plain scheme (the cluster client takes redis://)
+        self._client_url = scheme.removesuffix("+cluster") + sep + rest
         # a blocking XREAD longer than the socket timeout would read as an outage,
         # so long waits are made of several shorter ones
         self._block_chunk_ms = max(1, int(socket_timeout * 500))
         self._client: aioredis.Redis | None = None
         self._scripts: _Scripts | None = None
+        self._new_multi: Callable[[], Any] | None = None
         self._keys: dict[str, _Keys] = {}
         self._down_since: float | None = None  # monotonic; None while Redis answers
         self._next_probe = 0.0
@@ -543,9 +716,11 @@ class RedisStore(Store):
         return store
 
     def _redis(self) -> aioredis.Redis:
+        if self._client is None and self.cluster:
+            self._connect_cluster()
         if self._client is None:
             pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
+                self._client_url,
                 max_connections=self.max_connections,
                 timeout=self.socket_timeout,
                 socket_timeout=self.socket_timeout,
@@ -563,8 +738,42 @@ class RedisStore(Store):
             )
             client = aioredis.Redis.from_pool(pool)
             self._scripts = _Scripts(client)
+            self._new_multi = functools.partial(client.pipeline, transaction=True)
             self._client = client
         return self._client
+
+    def _connect_cluster(self) -> None:
+        cluster = _QueueingCluster.from_url(
+            self._client_url,
+            limit=self.max_connections,
+            wait_s=self.socket_timeout,
+            # per node; above the queue's limit so a pipeline (which bypasses the
+            # queue) still finds a connection
+            max_connections=self.max_connections + 8,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=10,
+            # as for one node: one immediate retry, so an outage is reported fast
+            # (MOVED and ASK redirections are followed apart from this)
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
+        # typed as the single-node client, whose commands it answers alike, so both
+        # share this store's code; what differs (pipelines) is branched on self.cluster
+        client = cast(aioredis.Redis, cluster)
+        self._scripts = scripts = _Scripts(client)
+        self._new_multi = lambda: _LuaMulti(scripts.multi)
+        self._client = client
+
+    def _multi(self) -> Any:
+        """A MULTI on the keys of one slot: a transaction pipeline on one node, a
+        `_LuaMulti` on a cluster: chosen when the client is built, so no call
+        branches on the kind."""
+        if self._new_multi is None:
+            self._redis()
+        assert self._new_multi is not None
+        return self._new_multi()
 
     def _lua(self) -> _Scripts:
         if self._scripts is None:
@@ -624,24 +833,28 @@ return redis.call('HGET', KEYS[3], 'version')
             except rex.NoScriptError:  # a restarted Redis: EVAL loads it again
                 version = await client.eval(self._PUT_DECISION, 3, key, k.due, k.snapmeta, *argv)
             return int(version or 0)
-        # MULTI costs no extra round trip and never leaves a record without its TTL
-        async with self._redis().pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.pexpireat(key, expire_ms)
-            pipe.zadd(k.due, {rec.event_id: rec.deadline})
-            counters = k.counters(rec.experiment, rec.variant)
-            pipe.hincrby(counters, "decisions", 1)
-            if rec.unit is None:
-                pipe.hincrby(counters, "anon", 1)
-            else:
-                pipe.pfadd(k.units(rec.experiment, rec.variant), rec.unit)
-            await self._lua().decide(
-                keys=[counters, k.unit_totals(rec.experiment, rec.variant)],
-                args=[rec.unit or "", self._unit_ttl_ms],
-                client=pipe,
-            )
-            pipe.hget(k.snapmeta, "version")
-            *_, version = await pipe.execute()
+        # one script like the path above: atomic, never a record without its TTL, and
+        # (measured) half the time of the MULTI around a script it replaced
+        argv = [
+            expire_ms,
+            repr(float(rec.deadline)),
+            rec.event_id,
+            rec.unit or "",
+            "1" if rec.unit is None else "0",
+            self._unit_ttl_ms,
+        ]
+        argv += [v for kv in fields.items() for v in kv]
+        version = await self._lua().put_experiment_decision(
+            keys=[
+                key,
+                k.due,
+                k.snapmeta,
+                k.counters(rec.experiment, rec.variant),
+                k.units(rec.experiment, rec.variant),
+                k.unit_totals(rec.experiment, rec.variant),
+            ],
+            args=argv,
+        )
         return int(version or 0)
 
     @_reachable
@@ -739,31 +952,23 @@ return redis.call('HGET', KEYS[3], 'version')
             pipe.hgetall(self.models_key)
             *records, raw_models = await pipe.execute()
         prices = {_text(n): ModelPrice(**json.loads(v)) for n, v in raw_models.items()}
-        async with r.pipeline(transaction=False) as pipe:
-            for event_id, (meta, x, cost) in zip(ids, records, strict=True):
-                counters, totals, more = k.counters(None, None), k.unit_totals(None, None), []
-                if meta is not None and x is not None:  # else gone: dropped from `due`
-                    rec = DecisionRecord.decode({"meta": meta, "x": x, "cost": cost})
-                    counters = k.counters(rec.experiment, rec.variant)
-                    totals = k.unit_totals(rec.experiment, rec.variant)
-                    if default_quality is not None:
-                        enc = _default_event(rec, default_quality, prices, now).encode()
-                        more = [enc["meta"], enc["x"]]
-                await self._lua().close(
-                    keys=[
-                        k.decision(event_id),
-                        k.due,
-                        k.stream,
-                        k.fbtotal,
-                        k.log,
-                        counters,
-                        totals,
-                    ],
-                    args=[repr(float(now)), event_id, self.log_max, self._unit_ttl_ms, *more],
-                    client=pipe,
+        closes: list[tuple[list[str], list[Any]]] = []
+        for event_id, (meta, x, cost) in zip(ids, records, strict=True):
+            counters, totals, more = k.counters(None, None), k.unit_totals(None, None), []
+            if meta is not None and x is not None:  # else gone: dropped from `due`
+                rec = DecisionRecord.decode({"meta": meta, "x": x, "cost": cost})
+                counters = k.counters(rec.experiment, rec.variant)
+                totals = k.unit_totals(rec.experiment, rec.variant)
+                if default_quality is not None:
+                    enc = _default_event(rec, default_quality, prices, now).encode()
+                    more = [enc["meta"], enc["x"]]
+            closes.append(
+                (
+                    [k.decision(event_id), k.due, k.stream, k.fbtotal, k.log, counters, totals],
+                    [repr(float(now)), event_id, self.log_max, self._unit_ttl_ms, *more],
                 )
-            closed = await pipe.execute()
-        return sum(int(c) for c in closed)
+            )
+        return sum(int(c) for c in await self._scripts_in_turn(self._lua().close, closes))
 
     @_reachable
     async def due_backlog(self, policy: str, now: float) -> int:
@@ -774,23 +979,37 @@ return redis.call('HGET', KEYS[3], 'version')
         work = [(i, ev) for i, ev in batch if ev.copies]
         if not work:
             return 0
-        # one pipeline, each script in its target's slot; in stream order per target
-        async with self._redis().pipeline(transaction=False) as pipe:
-            for entry_id, ev in work:
-                ms, seq = parse_stream_id(entry_id)
-                enc = replace(ev, copies=None).encode()
-                for target, incr in (ev.copies or {}).items():
-                    k = self._k(target)
-                    pairs: list[Any] = []
-                    for name, value in (incr or {}).items():
-                        pairs += [name, repr(float(value))]
-                    await self._lua().forward(
-                        keys=[k.stream, k.fbtotal, k.shadow, k.marks],
-                        args=[policy, ms, seq, enc["meta"], enc["x"], *pairs],
-                        client=pipe,
+        # each script in its target's slot, in stream order per target (the marks then
+        # make a re-run after a failure part-way copy only what had not been copied)
+        calls: list[tuple[list[str], list[Any]]] = []
+        for entry_id, ev in work:
+            ms, seq = parse_stream_id(entry_id)
+            enc = replace(ev, copies=None).encode()
+            for target, incr in (ev.copies or {}).items():
+                k = self._k(target)
+                pairs: list[Any] = []
+                for name, value in (incr or {}).items():
+                    pairs += [name, repr(float(value))]
+                calls.append(
+                    (
+                        [k.stream, k.fbtotal, k.shadow, k.marks],
+                        [policy, ms, seq, enc["meta"], enc["x"], *pairs],
                     )
-            done = await pipe.execute()
-        return sum(int(d) for d in done)
+                )
+        return sum(int(d) for d in await self._scripts_in_turn(self._lua().forward, calls))
+
+    async def _scripts_in_turn(
+        self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """`script` once per (keys, args), in order: one pipeline (one round trip) on
+        one node; on a cluster, whose client pipelines no script, one call after the
+        other, so a failure leaves every later call unmade."""
+        if self.cluster:
+            return [await script(keys=keys, args=args) for keys, args in calls]
+        async with self._redis().pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return cast(list[Any], await pipe.execute())
 
     @_reachable
     async def read_feedback(
@@ -837,7 +1056,7 @@ return redis.call('HGET', KEYS[3], 'version')
     ) -> None:
         k = self._k(policy)
         enc = event.encode()
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.xadd(k.stream, {"meta": enc["meta"], "x": enc["x"]})
             pipe.incr(k.fbtotal)
             for name, value in (shadow or {}).items():
@@ -847,7 +1066,7 @@ return redis.call('HGET', KEYS[3], 'version')
     @_reachable
     async def count_shadow_decision(self, policy: str, agree: bool, unsupported: float) -> None:
         k = self._k(policy)
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.hincrby(k.shadow, "decisions", 1)
             pipe.hincrby(k.shadow, "agree", int(agree))
             if unsupported > 0:
@@ -867,7 +1086,7 @@ return redis.call('HGET', KEYS[3], 'version')
         check_pin(session, turns, ttl_s)
         key = self._k(policy).session(session)
         ttl_ms = max(1, int(ttl_s * 1000))
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.delete(key)
             if turns > 1:
                 pipe.hset(
@@ -890,7 +1109,7 @@ return redis.call('HGET', KEYS[3], 'version')
     @_reachable
     async def flag_session(self, session: str, entities: list[str], ttl_s: float) -> None:
         key = self._flags_key(session)
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.sadd(key, *entities)
             pipe.pexpire(key, max(1, int(ttl_s * 1000)))
             await pipe.execute()
@@ -906,7 +1125,7 @@ return redis.call('HGET', KEYS[3], 'version')
         self, policy: str, experiment: str, variant: str
     ) -> tuple[dict[str, float], int]:
         k = self._k(policy)
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.hgetall(k.counters(experiment, variant))
             pipe.pfcount(k.units(experiment, variant))
             raw, units = await pipe.execute()
@@ -942,7 +1161,7 @@ return redis.call('HGET', KEYS[3], 'version')
 
     @_reachable
     async def delete_tenant(self, name: str) -> bool:
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.hget(self.tenants_key, name)
             pipe.hset(self.tenants_key, name, "")
             old, _ = await pipe.execute()
@@ -950,7 +1169,9 @@ return redis.call('HGET', KEYS[3], 'version')
 
     @_reachable
     async def delete_experiment(self, name: str, arms: list[tuple[str, str]]) -> bool:
-        async with self._redis().pipeline(transaction=True) as pipe:
+        if self.cluster:
+            return await self._delete_experiment_by_slot(name, arms)
+        async with self._multi() as pipe:
             pipe.hget(self.experiments_key, name)
             pipe.hset(self.experiments_key, name, "")  # a tombstone: never re-seeded
             for policy, variant in arms:
@@ -958,6 +1179,23 @@ return redis.call('HGET', KEYS[3], 'version')
                 pipe.delete(self._k(policy).units(name, variant))
                 pipe.delete(self._k(policy).unit_totals(name, variant))
             old, *_ = await pipe.execute()
+        return bool(old)
+
+    async def _delete_experiment_by_slot(self, name: str, arms: list[tuple[str, str]]) -> bool:
+        """delete_experiment on a cluster, where its arms' keys lie in their policies'
+        slots: each arm's keys in a step of its own, then the tombstone, so a call
+        that failed part-way and is made again still finds the experiment and ends
+        the job."""
+        for policy, variant in arms:
+            async with self._multi() as pipe:
+                pipe.delete(self._k(policy).counters(name, variant))
+                pipe.delete(self._k(policy).units(name, variant))
+                pipe.delete(self._k(policy).unit_totals(name, variant))
+                await pipe.execute()
+        async with self._multi() as pipe:
+            pipe.hget(self.experiments_key, name)
+            pipe.hset(self.experiments_key, name, "")
+            old, _ = await pipe.execute()
         return bool(old)
 
     @_reachable
@@ -993,7 +1231,7 @@ return redis.call('HGET', KEYS[3], 'version')
     async def load_snapshot(self, policy: str) -> Snapshot | None:
         k = self._k(policy)
         # one MULTI so the bytes and their metadata come from the same publish
-        async with self._redis().pipeline(transaction=True) as pipe:
+        async with self._multi() as pipe:
             pipe.get(k.snap)
             pipe.hgetall(k.snapmeta)
             state, meta = await pipe.execute()
@@ -1152,6 +1390,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
     async def close(self) -> None:
         client, self._client, self._scripts = self._client, None, None
+        self._new_multi = None
         if client is not None:
             try:
                 await client.aclose()

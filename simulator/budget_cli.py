@@ -80,7 +80,7 @@ def budgets(
             help="the pacer's step (PacerConfig.step), 'log:<step>' for a step on log λ "
             "(scale log); several: one report each, the mid-stream changes with the first only"
         ),
-    ] = "0.02",
+    ] = "log:0.02",
     start_lam: Annotated[float, typer.Option(min=0.0, help="λ the pacer starts from")] = 0.2,
     change_fraction: Annotated[
         float,

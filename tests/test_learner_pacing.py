@@ -23,7 +23,7 @@ from tests.service_helpers import REDIS_URL, drop_prefix, require_redis
 POLICY = "paced"
 MODELS = ["cheap", "strong"]
 DIM = 4
-TARGET = PacerConfig(usd_per_1k=1.0, step=0.05)  # $0.001 a call
+TARGET = PacerConfig(usd_per_1k=1.0, step=0.05, scale="linear")  # $0.001 a call
 
 
 def fresh() -> Policy:

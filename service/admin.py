@@ -210,5 +210,8 @@ async def replay(
         applied=replayed,
         published_at=time.time(),
         features=features,
+        # the pacers are not in the log: carried over from the current snapshot, so a
+        # replayed policy keeps its paced λ (and the policy's own λ follows it)
+        pacers="" if current is None else current.pacers,
     )
     return ReplayResult(built, snap, replayed, skipped, first)

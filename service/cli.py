@@ -226,7 +226,15 @@ LogJsonOpt = Annotated[
 
 
 @app.command()
-def learner(config: ConfigOpt = None, log_json: LogJsonOpt = False) -> None:
+def learner(
+    config: ConfigOpt = None,
+    log_json: LogJsonOpt = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="serve Prometheus metrics on this port (any path)"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="the metrics server's address")] = "0.0.0.0",
+) -> None:
     """Run a standalone learner process, one member of the learner pool: it learns its
     share of the policies (the configured ones and tenants' own states), hands a share
     over when another learner joins and takes over a dead one's. Running several, or
@@ -246,10 +254,12 @@ def learner(config: ConfigOpt = None, log_json: LogJsonOpt = False) -> None:
         )
     single_threaded_blas()
     logs.configure("json" if log_json else settings.log_format)
-    asyncio.run(_run_learners(settings, signal))
+    asyncio.run(_run_learners(settings, signal, metrics_port, metrics_host))
 
 
-async def _run_learners(settings: Any, signal: Any) -> None:
+async def _run_learners(
+    settings: Any, signal: Any, metrics_port: int | None = None, metrics_host: str = "0.0.0.0"
+) -> None:
     import asyncio
 
     from policies import Policy
@@ -318,6 +328,10 @@ async def _run_learners(settings: Any, signal: Any) -> None:
         ),
         lease_ttl_ms=settings.lease_ttl_ms,
     )
+    if metrics_port is not None:
+        from service.learner_metrics import serve_metrics
+
+        serve_metrics(pool, metrics_port, metrics_host)
     await asyncio.gather(refresh(), pool.run(stop))
     await store.close()
 

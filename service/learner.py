@@ -283,7 +283,9 @@ class Learner:
     def _pace(self, policy: Policy, ev: FeedbackEvent) -> None:
         at = ev.created_at if ev.created_at is not None else ev.received_at
         own = self.pacers.get("")
-        if own is not None:
+        # the policy's pacer holds the spend of the requests it paces: those of no tenant
+        # (a tenant's are its own pacer's, or routed at its own λ)
+        if own is not None and (ev.tenant is None or self.seed_from is not None):
             policy.cost_weight = own.observe(ev.cost_usd, ev.model, at)
         if ev.tenant is not None and ev.tenant in self.pacers:
             self.pacers[ev.tenant].observe(ev.cost_usd, ev.model, at)
@@ -303,7 +305,11 @@ class Learner:
             old = self.pacers.get(key)
             pacer = cfg.make(lam)
             if state is not None:
-                pacer.restore(dict(state))
+                try:
+                    pacer.restore(dict(state))
+                except (ValueError, TypeError) as exc:
+                    log.error("learner %s: pacer %r state unreadable (%s)", self.name, key, exc)
+                    pacer = cfg.make(lam)
             elif old is not None:
                 pacer.restore(old.state())
             self.pacers[key], self._pacer_cfg[key] = pacer, cfg
@@ -343,7 +349,7 @@ class Learner:
             )
         self.stats.applied = applied
         self.pacers, self._pacer_cfg = {}, {}
-        self._sync_pacers(json.loads(snap.pacers) if snap is not None and snap.pacers else {})
+        self._sync_pacers(_pacer_states(self.name, snap))
         self.stats.holds_lease = True
         self.stats.last_publish = time.time()
         self._dirty = 0 if snap is not None else 1  # publish a cold start at once
@@ -405,3 +411,20 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
         pass
+
+
+def _pacer_states(name: str, snap: Snapshot | None) -> dict[str, dict[str, object]]:
+    """The pacers' states a snapshot carries; unreadable ones are logged and the pacers
+    start afresh (a bad imported field must not keep the learner from learning)."""
+    if snap is None or not snap.pacers:
+        return {}
+    try:
+        states = json.loads(snap.pacers)
+        if not isinstance(states, dict) or not all(isinstance(v, dict) for v in states.values()):
+            raise ValueError("not an object of objects")
+        for v in states.values():
+            float(v.get("lam", 0.0))
+        return {str(k): dict(v) for k, v in states.items()}
+    except (ValueError, TypeError) as exc:
+        log.error("learner %s: snapshot pacers unreadable (%s); pacing afresh", name, exc)
+        return {}

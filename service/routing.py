@@ -115,7 +115,7 @@ async def decide(
     with its propensity. A PolicyError (e.g. no usable candidate) is a 422; a store
     outage gives the degraded answer rather than an error. A tenant's candidates, λ
     and hard cap apply (a capped tenant over its cap: 429; its ledger unreachable: 503)."""
-    policy = serving.policy
+    policy, version = serving.policy, serving.version  # the copy that chooses, as it was
     candidates = tenant_candidates(rt, tenant, candidates)
     cost_weight = tenant_lambda(rt, tenant, serving, cost_weight)
     event_id = new_event_id(name, tenant)
@@ -158,7 +158,7 @@ async def decide(
         policy=name,
         model=d.model,
         propensity=d.propensity,
-        policy_version=serving.version,
+        policy_version=version,
         context=x,
         candidates=list(d.probabilities),
         cost_weight=policy.cost_weight if cost_weight is None else cost_weight,
@@ -197,7 +197,7 @@ async def decide(
             log.warning("shadow %s: decision not counted, the store is unreachable", shadow)
     return Routed(
         policy=name,
-        version=serving.version,
+        version=version,
         model=d.model,
         propensity=d.propensity,
         record=rec,

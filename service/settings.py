@@ -192,6 +192,11 @@ class Settings(BaseSettings):
                     f"tenants.{name}.policy: {policy!r} is not a served policy "
                     f"{sorted(n for n, p in self.policies.items() if p.shadow_of is None)}"
                 )
+            if t.keyed and self.admin_key is None:
+                raise ValueError(
+                    f"tenants.{name}.keys: a tenant with keys needs admin_key set (without "
+                    "keys every other caller is admin, and could read every tenant)"
+                )
             if t.own_state and self.policies[policy].kind not in OWN_STATE_KINDS:
                 raise ValueError(
                     f"tenants.{name}.own_state: policy {policy!r} is a "

@@ -17,7 +17,7 @@ import pytest
 from policies import Policy, load_policy, make_policy
 from service.budgets.config import PacerConfig
 from service.learner import Learner
-from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Store
+from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Snapshot, Store
 from tests.service_helpers import REDIS_URL, drop_prefix, require_redis
 
 POLICY = "paced"
@@ -136,6 +136,30 @@ def test_tenant_pacer_counts_only_its_tenant(store_factory: type) -> None:
         assert states["acme"]["lam"] == pytest.approx(1.0 + 10 * 0.05)
         # no pacer of its own: the policy keeps its configured λ
         assert load_policy(snap.state).cost_weight == pytest.approx(0.2)
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_unreadable_pacer_state_is_paced_afresh(store_factory: type) -> None:
+    """A snapshot whose pacer field is damaged (a bad import) must not stop learning."""
+
+    async def main() -> None:
+        store = store_factory()
+        bad = Snapshot(
+            state=fresh().to_bytes(), version=1, last_id="0-0", applied=0, pacers="{not json"
+        )
+        assert await store.publish_snapshot(POLICY, bad, None)
+        await feed(store, [0.002] * 10)
+        learner = _learner(store, {"": (TARGET, 0.2)})
+        stop = asyncio.Event()
+        task = asyncio.create_task(learner.run(stop))
+        await _until_applied(store, 10)
+        stop.set()
+        await task
+        snap = await store.load_snapshot(POLICY)
+        assert snap is not None
+        assert json.loads(snap.pacers)[""]["n"] == 10
         await store.close()
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))

@@ -278,7 +278,24 @@ def test_budget_config_errors_are_422_naming_the_field(
         assert after["cap"]["usd"] == 7.5 and after["pacer"] is None
 
 
+def test_a_tenants_allowlist_narrows_what_it_routes_to(tmp_path: Path, embedder: Embedder) -> None:
+    narrow = TenantConfig(candidates=["small", "medium"])
+    with app(tmp_path, embedder, {}, tenants={"narrow": narrow}) as c:
+        for q in queries(10):
+            r = c.post("/v1/route", json={"query": q, "tenant": "narrow", "explain": True})
+            assert r.status_code == 200, r.text
+            assert set(r.json()["explanation"]) == {"small", "medium"}
+        # named candidates must all be the tenant's
+        body = {"query": "hi", "tenant": "narrow", "candidates": ["large"]}
+        r = c.post("/v1/route", json=body)
+        assert r.status_code == 422 and "candidates" in r.text, r.text
+        body["candidates"] = ["small"]
+        assert c.post("/v1/route", json=body).json()["model"] == "small"
+
+
 def test_config_file_tenant_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"tenants\.acme\.keys"):
+        make_settings(tmp_path, tenants={"acme": TenantConfig(keys=["k"])})
     with pytest.raises(ValueError, match=r"tenants\.acme\.policy"):
         make_settings(tmp_path, tenants={"acme": TenantConfig(policy="nope")})
     with pytest.raises(ValueError, match=r"tenants\.acme\.candidates"):

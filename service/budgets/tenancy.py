@@ -105,22 +105,42 @@ def served_policy(rt: Runtime, tenant: str | None, name: str) -> str:
 def tenant_candidates(
     rt: Runtime, tenant: str | None, candidates: list[str] | None
 ) -> list[str] | None:
-    """The request's candidates within what the tenant may use (422 naming those it
-    may not)."""
+    """The candidates within what the tenant may use: those of `candidates` (None: the
+    catalogue) that its allowlist has, in their order; 422 when none is left."""
     if tenant is None:
         return candidates
     allowed = rt.tenants[tenant].candidates
     if allowed is None:
         return candidates
-    if candidates is None:
-        return [m for m in allowed if m in rt.catalogue]
-    refused = sorted(set(candidates) - set(allowed))
+    pool = list(rt.catalogue) if candidates is None else candidates
+    left = [m for m in pool if m in allowed]
+    if not left:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"candidates: none of {sorted(pool)} is among tenant {tenant!r}'s models {allowed}",
+        )
+    return left
+
+
+def check_named_candidates(rt: Runtime, tenant: str | None, candidates: list[str] | None) -> None:
+    """Candidates a request names must all be the tenant's (422 naming the others)."""
+    if tenant is None or candidates is None:
+        return
+    allowed = rt.tenants[tenant].candidates
+    refused = sorted(set(candidates) - set(allowed)) if allowed is not None else []
     if refused:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"candidates: {refused} are not among tenant {tenant!r}'s models {allowed}",
         )
-    return candidates
+
+
+def scoped_session(tenant: str | None, session: str | None) -> str | None:
+    """A session id within its tenant: two tenants' "user 1" are two sessions (pins,
+    implicit signals and privacy flags are keyed by it)."""
+    if tenant is None or session is None:
+        return session
+    return f"{tenant}\x1f{session}"
 
 
 def tenant_lambda(

@@ -5,6 +5,7 @@ the decision, and hand the answer to the judge and the implicit signals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.budgets import gate
-from service.budgets.tenancy import request_tenant, tenant_candidates, tenant_of_event
+from service.budgets.tenancy import request_tenant, scoped_session, tenant_of_event
 from service.embedder import text_from_messages
 from service.gateway.cascade import as_stream
 from service.gateway.cascade import run as run_cascade
@@ -126,6 +127,7 @@ async def chat(
     target = resolve(rt, req.model, gw.pool.models)
     ext = extensions(request, req, gw.cfg.session_from_user)
     tenant = request_tenant(rt, role, ext.tenant)
+    ext = dataclasses.replace(ext, session=scoped_session(tenant, ext.session))
     try:
         text = text_from_messages(req.messages)
     except (ValueError, TypeError) as exc:
@@ -143,18 +145,22 @@ async def chat(
     if target.model is not None:  # a named model: no routing, nothing learned
         if not guard.allowed([target.model], tags_of(rt.catalogue)):
             raise refusal(guard, f"model {target.model!r} is not allowed for them")
-        if tenant is not None and (
-            rt.tenants[tenant].cap is not None
-            or target.model not in (tenant_candidates(rt, tenant, None) or [target.model])
-        ):
-            # a direct call is neither routed nor reserved: a capped tenant is routed
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                f"model: tenant {tenant!r} may not call {target.model!r} directly; "
-                "use model 'auto'",
-            )
+        _check_direct(rt, tenant, target.model)
         return await _direct(rt, gw, req, target.model, text, ext, guard)
     return await _routed(rt, gw, req, text, ext, target.policy, target.experiment, guard, tenant)
+
+
+def _check_direct(rt: Runtime, tenant: str | None, model: str) -> None:
+    """A call to a named model is neither routed nor reserved: a capped tenant is only
+    routed, and any tenant calls only its own models (403)."""
+    if tenant is None:
+        return
+    cfg = rt.tenants[tenant]
+    if cfg.cap is not None or (cfg.candidates is not None and model not in cfg.candidates):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"model: tenant {tenant!r} may not call {model!r} directly; use model 'auto'",
+        )
 
 
 async def _direct(
@@ -203,6 +209,7 @@ async def _routed(
         if not candidates:
             fallback = gw.privacy.cfg.fallback_model
             if fallback is not None and gw.pool.get(fallback) is not None:
+                _check_direct(rt, tenant, fallback)
                 return await _direct(rt, gw, req, fallback, text, ext, guard)
             raise refusal(guard, f"router {name!r} has no such model")
     if ext.session is not None and gw.implicit.enabled:

@@ -16,6 +16,7 @@ from service.runtime_state import Runtime
 from service.schemas import Text
 
 ROUTER_PREFIX = "banditroute/"
+MAX_OUTPUT_TOKENS = 10**9
 AUTO = ("auto", "banditroute", "banditroute/auto")
 
 
@@ -54,7 +55,9 @@ class ChatCompletionRequest(BaseModel):
         for key in ("max_completion_tokens", "max_tokens"):
             v = extra.get(key)
             if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v * choices
+                # a bound beyond any model's is no bound: capped, so that pricing it
+                # stays a finite number (a huge one then fits no cap: a 429, not a 500)
+                return min(v * choices, MAX_OUTPUT_TOKENS)
         return None
 
 

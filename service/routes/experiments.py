@@ -106,13 +106,13 @@ async def delete_experiment(name: str, rt: RuntimeDep, _auth: AdminAuth) -> Resp
 
 @router.get("/experiments/{name}")
 async def experiment_report(name: str, rt: RuntimeDep, _auth: ClientAuth) -> dict[str, Any]:
-    exp = rt.experiments.get(name)
-    check_visible(_auth, None if exp is None else exp.tenant, "experiment")
     """Per variant: units, decisions, feedback rate, mean reward, quality and cost per
     query with intervals over units (a unit's requests are not independent); each
     variant minus control with its fixed-horizon interval and its anytime-valid
     confidence sequence, and its feedback rate against control's (`warnings` when they
     differ: the means over responders are then biased)."""
+    found = rt.experiments.get(name)
+    check_visible(_auth, None if found is None else found.tenant, "experiment")
     exp = _get(rt, name)
     return build_report(exp, await collect(rt.store, exp), cost_scale(exp, rt.catalogue))
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
-from service.budgets.tenancy import request_tenant
+from service.budgets.tenancy import check_named_candidates, request_tenant
 from service.deps import Credentials, _role
 from service.embedder import text_from_messages
 from service.privacy.guard import all_text, refusal, tags_of
@@ -94,6 +94,7 @@ async def route(req: RouteRequest, request: Request, rt: ClientRuntime) -> Respo
         rt, req.policy, req.experiment, req.unit_id, tenant
     )
     check_candidates(rt, req.candidates)
+    check_named_candidates(rt, tenant, req.candidates)
     candidates, restricted = await _restrict(rt, req)
     x = await rt.batcher.features(text)
     routed = await decide(

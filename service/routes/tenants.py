@@ -133,6 +133,8 @@ def _check(rt: Runtime, name: str, body: TenantConfig) -> None:
             f"own_state: {body.own_state} differs from this deployment's start-up config "
             f"({learns}); a tenant's own learner is configured in the config file"
         )
+    if (body.keys or body.key_sha256) and rt.settings.admin_key is None:
+        _bad("keys: a tenant with keys needs admin_key set (else every other caller is admin)")
     digests = {d for t, c in rt.tenants.items() if t != name for d in c.stored().key_sha256}
     if digests & set(body.stored().key_sha256):
         _bad("keys: a key already belongs to another tenant")

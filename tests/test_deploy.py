@@ -160,7 +160,9 @@ def test_compose_topology() -> None:
     assert api["command"][0] == "serve"
     assert api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
     assert learner["command"][0] == "learner"
-    assert learner["healthcheck"] == {"disable": True}  # it serves no HTTP
+    # the learner serves its pool's metrics, and its health check reads them
+    port = learner["command"][learner["command"].index("--metrics-port") + 1]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(learner["healthcheck"]["test"])
     for svc in (api, learner):
         assert svc["image"] == api["image"]
         assert svc["build"]["dockerfile"] == "Dockerfile"
@@ -205,6 +207,10 @@ def test_prometheus_scrapes_the_api_replicas() -> None:
     assert sd["names"] == ["api"] and sd["type"] == "A"
     api_cmd = services["api"]["command"]
     assert sd["port"] == int(api_cmd[api_cmd.index("--port") + 1])
+    (lsd,) = jobs["banditroute-learner"]["dns_sd_configs"]
+    learner_cmd = services["learner"]["command"]
+    assert lsd["names"] == ["learner"]
+    assert lsd["port"] == int(learner_cmd[learner_cmd.index("--metrics-port") + 1])
     mounts = [v.split(":") for v in services["prometheus"]["volumes"]]
     assert ["./prometheus.yml", "/etc/prometheus/prometheus.yml", "ro"] in mounts
 
@@ -418,7 +424,13 @@ def test_k8s_topology_probes_secrets_and_scraping() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port
     assert learner["spec"]["replicas"] == 2
-    assert _container(learner)["args"][0] == "learner"
+    lc = _container(learner)
+    assert lc["args"][0] == "learner"
+    metrics_port = int(lc["args"][lc["args"].index("--metrics-port") + 1])
+    assert lc["ports"][0]["containerPort"] == metrics_port
+    assert lc["livenessProbe"]["httpGet"]["path"] == "/metrics"
+    learner_notes = learner["spec"]["template"]["metadata"]["annotations"]
+    assert int(learner_notes["prometheus.io/port"]) == metrics_port
     # keys come from a Secret the deployer creates: never a value in these files
     assert not [d for _, d in _manifests() if d["kind"] == "Secret"]
     for dep in (api, learner):

@@ -73,13 +73,23 @@ def per_query_ms(embedder: Embedder, texts: list[str], batch: int) -> float:
     return float(np.median(times))
 
 
+def device_name(device: str) -> str:
+    """The device, and for CUDA the card: every figure says what made it."""
+    if not device.startswith("cuda"):
+        return f"cpu ({os.cpu_count()} cores)"
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    return f"{device} ({torch.cuda.get_device_name(index)})"
+
+
 def _worker(conn: Connection, backend: EmbedBackend, options: dict[str, Any]) -> None:
     """One backend in a process of its own, measuring on request: a backend that ran
     in the same process slows the next (measured: torch at batch 1 from 8.4 to 11-13 ms
     per short query after ONNX Runtime had run), and a service holds only one."""
     emb = Embedder(cache_size=0, backend=backend, **options).load()
     emb.embed(medium_queries(64, seed=99))  # warm-up: first calls allocate
-    conn.send("ready")
+    conn.send(f"ready on {device_name(emb.device)}")
     while (job := conn.recv()) is not None:
         kind, texts, batch = job
         if kind == "pieces":
@@ -107,7 +117,8 @@ class BackendWorker:
             target=_worker, args=(child, backend, options), daemon=True
         )
         self.proc.start()
-        if self.conn.recv() != "ready":
+        self.ready = str(self.conn.recv())
+        if not self.ready.startswith("ready"):
             raise RuntimeError(f"{backend}: the worker did not start")
 
     def ask(self, kind: str, texts: list[str], batch: int = 0) -> float:
@@ -132,18 +143,25 @@ def main() -> None:
         "--batch-tokens", type=int, default=512, help="padded word pieces per forward pass"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass at most")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda[:N] or auto (CUDA where the backend sees one)"
+    )
     args = parser.parse_args()
     backends: list[EmbedBackend] = list(EMBED_BACKENDS) if args.backend == "all" else [args.backend]
     options = {
         "threads": args.threads,
         "batch_size": args.batch_size,
         "batch_tokens": args.batch_tokens,
+        "device": args.device,
     }
     workers: dict[str, BackendWorker] = {}
     for b in backends:
         t0 = time.perf_counter()
         workers[b] = BackendWorker(b, options)
-        print(f"{b}: loaded and warmed in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"{b}: loaded and warmed in {time.perf_counter() - t0:.1f} s, {workers[b].ready}",
+            flush=True,
+        )
 
     def ask(backend: str, kind: str, texts: list[str], batch: int = 0) -> float:
         return workers[backend].ask(kind, texts, batch)

@@ -28,7 +28,7 @@ from service.abreport import collect, cost_scale, guardrail_stops
 from service.batcher import FeatureBatcher, Overloaded
 from service.budgets import registry
 from service.deps import DocsAuth, _role, require_admin
-from service.embedder import Embedder
+from service.embedder import Embedder, batch_for, resolve_device, tokens_for
 from service.experiments import ExperimentConfig
 from service.features import Featurizer
 from service.gateway.cascade import cascade_prices
@@ -129,19 +129,26 @@ async def _start(settings: Settings, embedder: Embedder | None, store: Store | N
         max_decisions=settings.decision_max_in_memory,
         max_connections=pool_connections(settings) if settings.run_learner else 64,
     )
+    try:
+        device = resolve_device(settings.embed_device, settings.embed_backend)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     emb = embedder or Embedder(
         cache_size=settings.embed_cache_size,
         cache_max_bytes=settings.embed_cache_max_bytes,
         backend=settings.embed_backend,
         onnx_dir=settings.embed_onnx_dir,
+        device=device,
+        batch_tokens=tokens_for(device),
     )
+    log.info("embedding on %s (%s backend)", emb.device, emb.backend)
     if not emb.loaded:
         await asyncio.to_thread(emb.load)
     featurizer = Featurizer(emb, projection_dim=settings.projection_dim)
     batcher = FeatureBatcher(
         emb,
         featurizer,
-        max_batch=settings.embed_batch_max,
+        max_batch=settings.embed_batch_max or batch_for(emb.device),
         max_wait_ms=settings.embed_batch_wait_ms,
         max_queue=settings.embed_queue_max,
     )

@@ -507,7 +507,58 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _session(path: Path, threads: int) -> InferenceSession:
+EmbedDevice = Literal["auto", "cpu", "cuda"]
+# texts per forward pass when the batcher's size is left to the device: a GPU's pass
+# costs about the same for 32 texts as for 128, a CPU's grows with every text
+BATCH_ON = {"cpu": 32, "cuda": 128}
+
+
+def _onnx_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str, backend: EmbedBackend) -> str:
+    """The device a backend runs on: "auto" is CUDA where the backend sees a CUDA
+    device (torch: torch.cuda; ONNX: onnxruntime's CUDA execution provider, which the
+    CPU wheel lacks), else the CPU. Asking for "cuda" where there is none is an error
+    naming embed_device, not a silent fallback."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"embed_device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    has_cuda = _torch_cuda() if backend == "torch" else _onnx_cuda()
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if not has_cuda:
+        seen = "torch sees" if backend == "torch" else "onnxruntime has"
+        raise ValueError(f"embed_device: {device!r} asked for, but {seen} no CUDA device")
+    return device
+
+
+# padded word pieces per forward pass: on 2 CPU cores passes over 512 lost to 512
+# (benchmarks.embedder); a GPU wants its passes wide
+TOKENS_ON = {"cpu": 512, "cuda": 16384}
+
+
+def batch_for(device: str) -> int:
+    """Texts per batch for the micro-batcher on `device`."""
+    return BATCH_ON["cuda" if device.startswith("cuda") else "cpu"]
+
+
+def tokens_for(device: str) -> int:
+    """Padded word pieces per forward pass on `device`."""
+    return TOKENS_ON["cuda" if device.startswith("cuda") else "cpu"]
+
+
+def _session(path: Path, threads: int, device: str = "cpu") -> InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -519,7 +570,11 @@ def _session(path: Path, threads: int) -> InferenceSession:
     # event loop and the policies
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class _OnnxEncoder:
@@ -531,10 +586,11 @@ class _OnnxEncoder:
         truncation_side: TruncationSide,
         onnx_dir: str | os.PathLike[str] | None,
         threads: int,
+        device: str = "cpu",
     ) -> None:
         model_dir = local_model_dir()
         self.path = onnx_model_file(backend, onnx_dir)
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path, threads, device)
         self.tokenizer = _load_tokenizer(model_dir, truncation_side)
         self._counter = _load_tokenizer(model_dir, truncation_side)
         self._counter.no_truncation()
@@ -565,8 +621,9 @@ class Embedder:
     cache_max_bytes: the most memory the cache may hold (vectors, keys and their
         bookkeeping); entries are keyed by a digest of the prepared text, so the text
         itself is never kept.
-    device: torch device for the model ("cpu" by default, for reproducible vectors);
-        the ONNX backends run on CPU only.
+    device: "cpu" (the default, for reproducible vectors), "cuda[:N]", or "auto": CUDA
+        where the backend sees a device (`resolve_device`), else the CPU. `device` holds
+        the resolved one.
     batch_size: the most texts per forward pass when many cache misses arrive at once.
     batch_tokens: the most padded word pieces per forward pass. Texts are sorted by
         token length and cut into passes under both bounds (see `length_batches`), so a
@@ -615,8 +672,7 @@ class Embedder:
             raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         if backend not in EMBED_BACKENDS:
             raise ValueError(f"backend must be one of {list(EMBED_BACKENDS)}, got {backend!r}")
-        if backend != "torch" and device != "cpu":
-            raise ValueError(f"backend {backend!r} runs on CPU only, got device={device!r}")
+        device = resolve_device(device, backend)
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
@@ -661,6 +717,7 @@ class Embedder:
                     self.truncation_side,
                     self.onnx_dir,
                     self.threads or default_threads(),
+                    self.device,
                 )
             # torch and transformers leave ~460k long-lived objects that every full
             # collection would traverse: 410 ms here, which under load struck every few

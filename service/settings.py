@@ -98,7 +98,11 @@ class Settings(BaseSettings):
 
     # None: all 384 embedding dimensions (measured best with the hybrid learner)
     projection_dim: int | None = Field(default=None, ge=1, le=384)
-    embed_batch_max: int = Field(default=32, ge=1)
+    # texts per embedding batch; None: sized for the device (32 on CPU, 128 on CUDA)
+    embed_batch_max: int | None = Field(default=None, ge=1)
+    # where the embedding model runs: "auto" is CUDA where the backend sees a device
+    # (torch: torch.cuda; ONNX: onnxruntime's CUDA provider), else the CPU
+    embed_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     embed_batch_wait_ms: float = Field(default=2.0, ge=0)
     embed_cache_size: int = Field(default=50_000, ge=0)
     # the embedding cache's memory bound (vectors and keys; texts are never kept)

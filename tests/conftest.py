@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.embedder import Embedder
 from service.runtime import single_threaded_blas
-from tests.service_helpers import REDIS_URL, drop_prefix, make_settings, redis_up
+from service.store import MemoryStore, RedisStore, Store
+from tests.service_helpers import REDIS_URL, drop_prefix, make_settings, redis_up, require_redis
 
 # the same numeric settings as every entry point, so tests run the shipped configuration
 single_threaded_blas()
@@ -44,3 +46,21 @@ def client(
     finally:
         if request.param == "redis":
             drop_prefix(settings.key_prefix)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Makes stores that share one state: the in-process one (one state directory), the
+    shared Redis or the shared Redis Cluster (one key prefix, dropped afterwards), so a
+    test can stand up a second learner on what the first left behind."""
+    prefix = f"brtest-store-{uuid.uuid4().hex[:8]}"
+    url = REDIS_URL if request.param == "memory" else require_redis(request.param)
+
+    def make() -> Store:
+        if request.param == "memory":
+            return MemoryStore(tmp_path / "state")
+        return RedisStore(url, prefix=prefix)
+
+    yield make
+    if request.param != "memory":
+        drop_prefix(prefix, url)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from policies import Policy, load_policy, make_policy
 from service.learner import Learner
 from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Store
-from tests.service_helpers import REDIS_URL, drop_prefix, require_redis
+from tests.service_helpers import REDIS_URL
 
 POLICY = "pol"
 MODELS = ["cheap", "strong"]
@@ -26,21 +24,6 @@ DIM = 6
 
 def fresh() -> Policy:
     return make_policy("linucb", MODELS, DIM, seed=0)
-
-
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[type]:
-    prefix = f"brtest-learner-{uuid.uuid4().hex[:8]}"
-    url = REDIS_URL if request.param == "memory" else require_redis(request.param)
-
-    def make() -> Store:
-        if request.param == "memory":
-            return MemoryStore(tmp_path / "state")
-        return RedisStore(url, prefix=prefix)
-
-    yield make  # type: ignore[misc]
-    if request.param != "memory":
-        drop_prefix(prefix, url)
 
 
 async def feed(store: Store, n: int, start: int = 0) -> None:

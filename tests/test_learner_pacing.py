@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +14,7 @@ import pytest
 from policies import Policy, load_policy, make_policy
 from service.budgets.config import PacerConfig
 from service.learner import Learner
-from service.store import DecisionRecord, FeedbackEvent, MemoryStore, RedisStore, Snapshot, Store
-from tests.service_helpers import REDIS_URL, drop_prefix, require_redis
+from service.store import DecisionRecord, FeedbackEvent, Snapshot, Store
 
 POLICY = "paced"
 MODELS = ["cheap", "strong"]
@@ -28,21 +24,6 @@ TARGET = PacerConfig(usd_per_1k=1.0, step=0.05, scale="linear")  # $0.001 a call
 
 def fresh() -> Policy:
     return make_policy("linucb", MODELS, DIM, seed=0, cost_weight=0.2)
-
-
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[type]:
-    prefix = f"brtest-pacing-{uuid.uuid4().hex[:8]}"
-    url = REDIS_URL if request.param == "memory" else require_redis(request.param)
-
-    def make() -> Store:
-        if request.param == "memory":
-            return MemoryStore(tmp_path / "state")
-        return RedisStore(url, prefix=prefix)
-
-    yield make  # type: ignore[misc]
-    if request.param != "memory":
-        drop_prefix(prefix, url)
 
 
 async def feed(store: Store, costs: list[float], tenant: str | None = None, start: int = 0) -> None:

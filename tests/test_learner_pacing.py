@@ -62,19 +62,28 @@ async def _until_applied(store: Store, n: int) -> None:
     raise AssertionError(f"the learner never applied {n} events")
 
 
+async def _learn_until(
+    store: Store, specs: dict[str, tuple[PacerConfig, float]], n: int
+) -> Snapshot:
+    """Run a learner with `specs` until `n` events are applied, stop it gracefully, and
+    return what it published."""
+    learner = _learner(store, specs)
+    stop = asyncio.Event()
+    task = asyncio.create_task(learner.run(stop))
+    await _until_applied(store, n)
+    stop.set()
+    await task
+    snap = await store.load_snapshot(POLICY)
+    assert snap is not None
+    return snap
+
+
 def test_pacer_sets_lambda_publishes_and_resumes(store_factory: type) -> None:
     async def main() -> None:
         store = store_factory()
         # overspend: every call costs twice the target, so λ climbs by step a call
         await feed(store, [0.002] * 40)
-        a = _learner(store, {"": (TARGET, 0.2)})
-        stop = asyncio.Event()
-        task = asyncio.create_task(a.run(stop))
-        await _until_applied(store, 40)
-        stop.set()
-        await task
-        snap = await store.load_snapshot(POLICY)
-        assert snap is not None
+        snap = await _learn_until(store, {"": (TARGET, 0.2)}, 40)
         state = json.loads(snap.pacers)[""]
         assert state["n"] == 40
         assert state["lam"] == pytest.approx(0.2 + 40 * 0.05)
@@ -82,14 +91,7 @@ def test_pacer_sets_lambda_publishes_and_resumes(store_factory: type) -> None:
         assert load_policy(snap.state).cost_weight == pytest.approx(state["lam"])
         # a successor resumes the pacer: underspending (cost 0) walks λ back down
         await feed(store, [0.0] * 20, start=40)
-        b = _learner(store, {"": (TARGET, 0.2)})
-        stop = asyncio.Event()
-        task = asyncio.create_task(b.run(stop))
-        await _until_applied(store, 60)
-        stop.set()
-        await task
-        snap = await store.load_snapshot(POLICY)
-        assert snap is not None
+        snap = await _learn_until(store, {"": (TARGET, 0.2)}, 60)
         state = json.loads(snap.pacers)[""]
         assert state["n"] == 60
         assert state["lam"] == pytest.approx(0.2 + 40 * 0.05 - 20 * 0.05)
@@ -103,14 +105,7 @@ def test_tenant_pacer_counts_only_its_tenant(store_factory: type) -> None:
         store = store_factory()
         await feed(store, [0.002] * 10, tenant="acme")
         await feed(store, [0.002] * 30, tenant=None, start=10)
-        learner = _learner(store, {"acme": (TARGET, 1.0)})
-        stop = asyncio.Event()
-        task = asyncio.create_task(learner.run(stop))
-        await _until_applied(store, 40)
-        stop.set()
-        await task
-        snap = await store.load_snapshot(POLICY)
-        assert snap is not None
+        snap = await _learn_until(store, {"acme": (TARGET, 1.0)}, 40)
         states = json.loads(snap.pacers)
         assert set(states) == {"acme"}
         assert states["acme"]["n"] == 10
@@ -132,14 +127,7 @@ def test_unreadable_pacer_state_is_paced_afresh(store_factory: type) -> None:
         )
         assert await store.publish_snapshot(POLICY, bad, None)
         await feed(store, [0.002] * 10)
-        learner = _learner(store, {"": (TARGET, 0.2)})
-        stop = asyncio.Event()
-        task = asyncio.create_task(learner.run(stop))
-        await _until_applied(store, 10)
-        stop.set()
-        await task
-        snap = await store.load_snapshot(POLICY)
-        assert snap is not None
+        snap = await _learn_until(store, {"": (TARGET, 0.2)}, 10)
         assert json.loads(snap.pacers)[""]["n"] == 10
         await store.close()
 

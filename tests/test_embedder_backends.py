@@ -254,6 +254,33 @@ def test_backend_vectors_match_torch(
 
 
 @pytest.mark.slow
+def test_static_backend_vectors_and_table(
+    export: tuple[Path, list[Any]], embedder: Embedder
+) -> None:
+    """The distilled table is built beside the ONNX export from it (no torch), and its
+    vectors are unit vectors that keep the gate's cosine to torch on every prompt."""
+    root, _ = export
+    emb = Embedder(cache_size=0, backend="static", onnx_dir=root).load()
+    assert emb.describe()["backend"] == "static"
+    texts = list(PROMPTS.values())
+    got = emb.embed(texts)
+    assert got.shape == (len(texts), 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    reference = embedder.embed(texts)
+    cosines = dict(zip(PROMPTS, np.sum(got * reference, axis=1).tolist(), strict=True))
+    low = {k: v for k, v in cosines.items() if v < MIN_COSINE_TO_TORCH["static"]}
+    assert not low, low
+    # the empty text is the model's own [CLS][SEP] vector, not a mean of nothing
+    assert cosines["empty"] > 0.999
+    # a lookup, so a text's vector never depends on the others in its batch
+    np.testing.assert_allclose(np.stack([emb.embed_one(t) for t in texts]), got, atol=1e-6)
+    table = next(root.glob("*/static-v2/table.npy"))
+    assert json.loads((table.parent / "export.json").read_text())["recipe"].endswith("centred")
+    with pytest.raises(ValueError, match="embed_device"):
+        Embedder(backend="static", device="cuda")
+
+
+@pytest.mark.slow
 def test_tokens_and_window_match_torch(
     backends: dict[EmbedBackend, Embedder], embedder: Embedder
 ) -> None:
@@ -290,15 +317,20 @@ def _published(settings: Settings, embedder: Embedder) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("learned", "served"), [("torch", "onnx"), ("onnx-int8", "torch")])
+@pytest.mark.parametrize(
+    ("learned", "served"), [("torch", "onnx"), ("onnx-int8", "torch"), ("static", "onnx")]
+)
 def test_a_snapshot_of_another_backend_is_refused_at_start(
     tmp_path: Path,
+    export: tuple[Path, list[Any]],
     backends: dict[EmbedBackend, Embedder],
     embedder: Embedder,
     learned: EmbedBackend,
     served: EmbedBackend,
 ) -> None:
     by_name: dict[EmbedBackend, Embedder] = {"torch": embedder, **backends}
+    if learned == "static":
+        by_name["static"] = Embedder(cache_size=0, backend="static", onnx_dir=export[0])
     settings = make_settings(tmp_path, embed_backend=served)
     _published(settings, by_name[learned])
     with (

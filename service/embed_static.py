@@ -28,6 +28,7 @@ from service.embedder import (
     _load_tokenizer,
     _publish,
     _session,
+    _tokenizers,
     default_onnx_dir,
     local_model_dir,
     model_digest,
@@ -114,19 +115,13 @@ class StaticEncoder:
     def __init__(
         self, truncation_side: TruncationSide, onnx_dir: str | os.PathLike[str] | None
     ) -> None:
-        model_dir = local_model_dir()
         self.path = static_table_file(onnx_dir)
-        self.table: np.ndarray = np.load(self.path, mmap_mode=None)
+        self.table: np.ndarray = np.load(self.path)
         self._empty = self.table.shape[0] - 1
-        self.tokenizer = _load_tokenizer(model_dir, truncation_side)
-        self._counter = _load_tokenizer(model_dir, truncation_side)
-        self._counter.no_truncation()
-        truncation = self.tokenizer.truncation
-        assert truncation is not None
+        self.tokenizer, self._counter, self.max_seq_length = _tokenizers(truncation_side)
         # the model's window holds [CLS] and [SEP]; the pieces get the rest, as in torch
-        self.max_seq_length = int(truncation["max_length"])
         self.tokenizer.enable_truncation(
-            max_length=self.max_seq_length - 2, direction=truncation["direction"]
+            max_length=self.max_seq_length - 2, direction=truncation_side
         )
 
     def encode(self, texts: list[str], max_texts: int, max_tokens: int) -> np.ndarray:

@@ -493,6 +493,17 @@ def _load_tokenizer(model_dir: Path, truncation_side: TruncationSide) -> Tokeniz
     return tokenizer
 
 
+def _tokenizers(truncation_side: TruncationSide) -> tuple[Tokenizer, Tokenizer, int]:
+    """The truncating tokenizer, an untruncated one for counting, and the window."""
+    model_dir = local_model_dir()
+    tokenizer = _load_tokenizer(model_dir, truncation_side)
+    counter = _load_tokenizer(model_dir, truncation_side)
+    counter.no_truncation()
+    truncation = tokenizer.truncation
+    assert truncation is not None
+    return tokenizer, counter, int(truncation["max_length"])
+
+
 def _pad(encodings: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask of `encodings`, right-padded with 0 to the longest."""
     width = max(len(e.ids) for e in encodings)
@@ -600,15 +611,9 @@ class _OnnxEncoder:
         threads: int,
         device: str = "cpu",
     ) -> None:
-        model_dir = local_model_dir()
         self.path = onnx_model_file(backend, onnx_dir)
         self.session = _session(self.path, threads, device)
-        self.tokenizer = _load_tokenizer(model_dir, truncation_side)
-        self._counter = _load_tokenizer(model_dir, truncation_side)
-        self._counter.no_truncation()
-        truncation = self.tokenizer.truncation
-        assert truncation is not None
-        self.max_seq_length = int(truncation["max_length"])
+        self.tokenizer, self._counter, self.max_seq_length = _tokenizers(truncation_side)
 
     def encode(self, texts: list[str], max_texts: int, max_tokens: int) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(texts)

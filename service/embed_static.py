@@ -135,7 +135,11 @@ class StaticEncoder:
         flat = np.fromiter((i for p in pieces for i in p), dtype=np.int64, count=int(lengths.sum()))
         sums = np.add.reduceat(self.table[flat], starts, axis=0)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+        # only [UNK] and other rows left at zero (e.g. a text of emoji): no words to
+        # follow, so it is embedded as the empty text rather than a zero vector
+        blank = norms[:, 0] < 1e-9
+        sums[blank], norms[blank] = self.table[self._empty], 1.0
+        return (sums / norms).astype(np.float32)
 
     def num_tokens(self, text: str) -> int:
         return len(self._counter.encode(text).ids)

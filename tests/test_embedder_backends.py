@@ -272,6 +272,9 @@ def test_static_backend_vectors_and_table(
     assert not low, low
     # the empty text is the model's own [CLS][SEP] vector, not a mean of nothing
     assert cosines["empty"] > 0.999
+    # pieces with no row ([UNK] only) embed as the empty text, never as a zero vector
+    unknown = emb.embed(["\U0001f642\U0001f642", ""])
+    np.testing.assert_allclose(unknown[0], unknown[1], atol=1e-6)
     # a lookup, so a text's vector never depends on the others in its batch
     np.testing.assert_allclose(np.stack([emb.embed_one(t) for t in texts]), got, atol=1e-6)
     table = next(root.glob("*/static-v2/table.npy"))
